@@ -1,0 +1,456 @@
+//! The headless operator console: creates a session, connects through signaling, offers
+//! WebRTC to the robot, authenticates on the `session` channel, drives at 20 Hz, counts the
+//! video frames it receives, and stops at once when the session is revoked or terminated.
+
+use crate::events::EventLog;
+use crate::link::{SessionMessage, CONTROL_CHANNEL, SESSION_CHANNEL};
+use crate::signal::{self, http_url, Incoming, SignalSender};
+use serde_json::{json, Value};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionEventHandler, RTCIceCandidateInit, RTCIceGatheringState,
+    RTCPeerConnectionState, RTCSessionDescription,
+};
+use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+
+/// How the console runs.
+pub struct ConsoleOptions {
+    /// A gateway's HTTP base URL.
+    pub gateway: String,
+    /// The operator's token (creates the session, ends it).
+    pub operator_token: String,
+    /// The robot to drive.
+    pub robot_id: String,
+    /// Drive command sent 20 times a second: forward speed, −1..1.
+    pub linear: f64,
+    /// Turn rate, −1..1.
+    pub angular: f64,
+    /// End the session and exit after this long (default: run until Ctrl-C).
+    pub duration: Option<Duration>,
+    /// Present this token on the `session` channel instead of the session's own
+    /// (to check what the robot does with a stale or revoked one).
+    pub auth_token: Option<String>,
+    /// The address WebRTC binds.
+    pub rtc_ip: IpAddr,
+    /// Where events go.
+    pub events: EventLog,
+}
+
+/// How a console run ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It ran its course (or was interrupted) and ended the session itself.
+    Finished,
+    /// The session was revoked, for this reason.
+    Revoked(String),
+    /// The session was terminated, for this reason.
+    Terminated(String),
+    /// The robot refused the session token.
+    AuthDenied(String),
+}
+
+impl Outcome {
+    /// The process exit code: distinct per ending.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Finished => 0,
+            Outcome::Revoked(_) => 3,
+            Outcome::Terminated(_) => 4,
+            Outcome::AuthDenied(_) => 5,
+        }
+    }
+}
+
+/// Why the console could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    /// The gateway's HTTP API refused or failed.
+    #[error("gateway: {0}")]
+    Http(String),
+    /// Signaling failed.
+    #[error(transparent)]
+    Signal(#[from] signal::SignalError),
+    /// The gateway refused a frame (`error`).
+    #[error("gateway error {code}: {message}")]
+    Refused { code: String, message: String },
+    /// WebRTC failed.
+    #[error("webrtc: {0}")]
+    Rtc(#[from] webrtc::error::Error),
+    /// The robot did not show up or the connection broke.
+    #[error("{0}")]
+    Peer(String),
+}
+
+/// The session as created.
+#[derive(Debug, Clone)]
+pub struct CreatedSession {
+    /// Its id.
+    pub session_id: String,
+    /// Its token.
+    pub token: String,
+}
+
+/// How long to wait for the robot to join and answer.
+const PEER_TIMEOUT: Duration = Duration::from_secs(15);
+/// The control rate.
+const CONTROL_PERIOD: Duration = Duration::from_millis(50);
+
+/// What the console's tasks report to its main loop.
+enum Event {
+    Gathered,
+    State(RTCPeerConnectionState),
+    SessionOpen,
+    Session(SessionMessage),
+    SessionClosed,
+    FirstFrame,
+}
+
+struct ConsoleHandler {
+    events: mpsc::UnboundedSender<Event>,
+    frames: Arc<AtomicU64>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for ConsoleHandler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.events.send(Event::Gathered);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.events.send(Event::State(state));
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let frames = self.frames.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            while let Some(event) = track.poll().await {
+                match event {
+                    // The packetizer marks the last packet of each frame.
+                    TrackRemoteEvent::OnRtpPacket(packet)
+                        if packet.header.marker && frames.fetch_add(1, Ordering::Relaxed) == 0 =>
+                    {
+                        let _ = events.send(Event::FirstFrame);
+                    }
+                    TrackRemoteEvent::OnEnded => break,
+                    _ => {}
+                }
+            }
+        });
+    }
+}
+
+/// Creates a session for `robot_id` with the operator's token.
+pub async fn create_session(
+    gateway: &str,
+    operator_token: &str,
+    robot_id: &str,
+) -> Result<CreatedSession, ConsoleError> {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/sessions", http_url(gateway)))
+        .bearer_auth(operator_token)
+        .json(&json!({ "robot_id": robot_id }))
+        .send()
+        .await
+        .map_err(|e| ConsoleError::Http(e.to_string()))?;
+    let status = response.status();
+    let body: Value = response
+        .json()
+        .await
+        .map_err(|e| ConsoleError::Http(e.to_string()))?;
+    if !status.is_success() {
+        return Err(ConsoleError::Refused {
+            code: body["code"].as_str().unwrap_or("?").into(),
+            message: body["message"].as_str().unwrap_or("").into(),
+        });
+    }
+    Ok(CreatedSession {
+        session_id: body["session_id"].as_str().unwrap_or_default().into(),
+        token: body["token"].as_str().unwrap_or_default().into(),
+    })
+}
+
+/// Ends the session (`DELETE /v1/sessions/{sid}`); a session already over is fine.
+async fn end_session(options: &ConsoleOptions, session_id: &str) {
+    let result = reqwest::Client::new()
+        .delete(format!(
+            "{}/v1/sessions/{session_id}",
+            http_url(&options.gateway)
+        ))
+        .bearer_auth(&options.operator_token)
+        .send()
+        .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "ending the session");
+    }
+}
+
+/// Runs the console: `on_session` hears the session id as soon as it exists.
+pub async fn run(
+    options: ConsoleOptions,
+    on_session: impl FnOnce(&CreatedSession),
+) -> Result<Outcome, ConsoleError> {
+    let session =
+        create_session(&options.gateway, &options.operator_token, &options.robot_id).await?;
+    on_session(&session);
+    options.events.now(
+        "session_created",
+        json!({ "session_id": session.session_id }),
+    );
+    let (signal_tx, mut signal_rx) = signal::connect(&options.gateway, &session.token).await?;
+    signal_tx.send(json!({"type": "join", "session_id": session.session_id}));
+    // Wait until admitted and the robot is in the room.
+    let deadline = tokio::time::Instant::now() + PEER_TIMEOUT;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, signal_rx.next()).await {
+            Err(_) => return Err(ConsoleError::Peer("the robot did not join in time".into())),
+            Ok(Incoming::Closed(code)) => return Err(signal::SignalError::Closed(code).into()),
+            Ok(Incoming::Frame(f)) => f,
+        };
+        match frame["type"].as_str().unwrap_or_default() {
+            "joined" if frame["peer_present"] == true => break,
+            "peer_joined" => break,
+            "error" => {
+                return Err(ConsoleError::Refused {
+                    code: frame["code"].as_str().unwrap_or("?").into(),
+                    message: frame["message"].as_str().unwrap_or("").into(),
+                })
+            }
+            kind @ ("revoked" | "terminated") => {
+                return Ok(ended(kind, &frame));
+            }
+            _ => {}
+        }
+    }
+    options
+        .events
+        .now("connected", json!({ "session_id": session.session_id }));
+
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let frames = Arc::new(AtomicU64::new(0));
+    let pc = crate::peer::build(
+        options.rtc_ip,
+        Arc::new(ConsoleHandler {
+            events: events_tx.clone(),
+            frames: frames.clone(),
+        }),
+    )
+    .await?;
+    let outcome = drive(
+        &options,
+        &session,
+        &pc,
+        &signal_tx,
+        &mut signal_rx,
+        events_tx,
+        &mut events,
+    )
+    .await;
+    let _ = pc.close().await;
+    let frames = frames.load(Ordering::Relaxed);
+    if matches!(outcome, Ok(Outcome::Finished)) {
+        end_session(&options, &session.session_id).await;
+    }
+    let code = outcome.as_ref().map(Outcome::exit_code).unwrap_or(1);
+    options.events.now(
+        "exit",
+        json!({ "session_id": session.session_id, "code": code, "frames": frames }),
+    );
+    tracing::info!(frames, "video frames received");
+    outcome
+}
+
+fn ended(kind: &str, frame: &Value) -> Outcome {
+    let reason = frame["reason"].as_str().unwrap_or_default().to_owned();
+    if kind == "revoked" {
+        Outcome::Revoked(reason)
+    } else {
+        Outcome::Terminated(reason)
+    }
+}
+
+/// Negotiates, authenticates and drives until the session ends.
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    options: &ConsoleOptions,
+    session: &CreatedSession,
+    pc: &Arc<dyn PeerConnection>,
+    signal_tx: &SignalSender,
+    signal_rx: &mut signal::SignalReceiver,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+) -> Result<Outcome, ConsoleError> {
+    let control = pc
+        .create_data_channel(
+            CONTROL_CHANNEL,
+            Some(RTCDataChannelInit {
+                ordered: false,
+                max_retransmits: Some(0),
+                ..Default::default()
+            }),
+        )
+        .await?;
+    let session_dc = pc.create_data_channel(SESSION_CHANNEL, None).await?;
+    tokio::spawn(drain(control.clone()));
+    tokio::spawn(pump_session(session_dc.clone(), events_tx));
+    pc.add_transceiver_from_kind(
+        RtpCodecKind::Video,
+        Some(RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Recvonly,
+            ..Default::default()
+        }),
+    )
+    .await?;
+    let offer = pc.create_offer(None).await?;
+    pc.set_local_description(offer).await?;
+    // Before the offer is even sent, the only other events are early connection states.
+    if !crate::peer::wait_for(events, PEER_TIMEOUT, |e| matches!(e, Event::Gathered)).await {
+        return Err(ConsoleError::Peer("ICE gathering did not complete".into()));
+    }
+    let offer = pc
+        .local_description()
+        .await
+        .ok_or_else(|| ConsoleError::Peer("no local description".into()))?;
+    signal_tx.send(json!({"type": "offer", "sdp": offer.sdp}));
+
+    let auth_token = options.auth_token.as_deref().unwrap_or(&session.token);
+    let stop_at = options.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut ticker = tokio::time::interval(CONTROL_PERIOD);
+    let mut authenticated = false;
+    let mut seq = 0u64;
+    let mut remote_set = false;
+    let mut early_candidates: Vec<RTCIceCandidateInit> = Vec::new();
+    let mut signal_open = true;
+    loop {
+        tokio::select! {
+            incoming = signal_rx.next(), if signal_open => match incoming {
+                Incoming::Frame(frame) => match frame["type"].as_str().unwrap_or_default() {
+                    "answer" => {
+                        let sdp = frame["sdp"].as_str().unwrap_or_default().to_owned();
+                        pc.set_remote_description(RTCSessionDescription::answer(sdp)?).await?;
+                        remote_set = true;
+                        for c in early_candidates.drain(..) {
+                            let _ = pc.add_ice_candidate(c).await;
+                        }
+                    }
+                    "candidate" => {
+                        let c = RTCIceCandidateInit {
+                            candidate: frame["candidate"].as_str().unwrap_or_default().into(),
+                            sdp_mid: frame["sdp_mid"].as_str().map(str::to_owned),
+                            sdp_mline_index: frame["sdp_mline_index"].as_u64().map(|i| i as u16),
+                            ..Default::default()
+                        };
+                        if remote_set {
+                            let _ = pc.add_ice_candidate(c).await;
+                        } else {
+                            early_candidates.push(c);
+                        }
+                    }
+                    kind @ ("revoked" | "terminated") => {
+                        options.events.now(kind, json!({
+                            "session_id": session.session_id, "reason": frame["reason"], "via": "signaling"
+                        }));
+                        return Ok(ended(kind, &frame));
+                    }
+                    "error" => tracing::warn!(%frame, "gateway error"),
+                    _ => {}
+                },
+                // Signaling is not needed once WebRTC runs; revocations then reach us
+                // through the robot, and the robot stops on its own anyway.
+                Incoming::Closed(code) => {
+                    tracing::warn!(code, "signaling closed");
+                    signal_open = false;
+                }
+            },
+            event = events.recv() => match event {
+                Some(Event::SessionOpen) => {
+                    let auth = SessionMessage::Auth { token: auth_token.to_owned() };
+                    session_dc.send_text(&auth.render()).await?;
+                }
+                Some(Event::Session(SessionMessage::AuthOk { .. })) => {
+                    authenticated = true;
+                    options.events.now("auth_ok", json!({ "session_id": session.session_id }));
+                }
+                Some(Event::Session(SessionMessage::AuthDenied { reason })) => {
+                    options.events.now("auth_denied", json!({
+                        "session_id": session.session_id, "reason": reason
+                    }));
+                    return Ok(Outcome::AuthDenied(reason));
+                }
+                Some(Event::Session(SessionMessage::Revoked { reason, .. })) => {
+                    options.events.now("revoked", json!({
+                        "session_id": session.session_id, "reason": reason, "via": "robot"
+                    }));
+                    return Ok(Outcome::Revoked(reason));
+                }
+                Some(Event::Session(SessionMessage::Terminated { reason, .. })) => {
+                    options.events.now("terminated", json!({
+                        "session_id": session.session_id, "reason": reason, "via": "robot"
+                    }));
+                    return Ok(Outcome::Terminated(reason));
+                }
+                Some(Event::Session(_)) => {}
+                Some(Event::FirstFrame) => {
+                    options.events.now("video_frame", json!({ "session_id": session.session_id }));
+                }
+                Some(Event::SessionClosed) => authenticated = false,
+                Some(Event::State(RTCPeerConnectionState::Failed)) => {
+                    return Err(ConsoleError::Peer("the WebRTC connection failed".into()));
+                }
+                Some(Event::State(_)) | Some(Event::Gathered) => {}
+                None => return Err(ConsoleError::Peer("the WebRTC connection went away".into())),
+            },
+            _ = ticker.tick() => {
+                if stop_at.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                    return Ok(Outcome::Finished);
+                }
+                if authenticated {
+                    seq += 1;
+                    let command = json!({"seq": seq, "linear": options.linear, "angular": options.angular});
+                    let _ = control.send_text(&command.to_string()).await;
+                }
+            }
+            _ = tokio::signal::ctrl_c() => return Ok(Outcome::Finished),
+        }
+    }
+}
+
+/// Reads a channel the console only writes to (unread events would back up SCTP).
+async fn drain(dc: Arc<dyn DataChannel>) {
+    while let Some(event) = dc.poll().await {
+        if matches!(event, DataChannelEvent::OnClose) {
+            break;
+        }
+    }
+}
+
+/// Forwards the `session` channel's events to the main loop.
+async fn pump_session(dc: Arc<dyn DataChannel>, events: mpsc::UnboundedSender<Event>) {
+    while let Some(event) = dc.poll().await {
+        let forwarded = match event {
+            DataChannelEvent::OnOpen => Event::SessionOpen,
+            DataChannelEvent::OnMessage(m) => match serde_json::from_slice(&m.data) {
+                Ok(message) => Event::Session(message),
+                Err(_) => continue,
+            },
+            DataChannelEvent::OnClose => {
+                let _ = events.send(Event::SessionClosed);
+                break;
+            }
+            _ => continue,
+        };
+        if events.send(forwarded).is_err() {
+            break;
+        }
+    }
+}

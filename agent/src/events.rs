@@ -1,0 +1,93 @@
+//! The events file: JSON lines stamped with CLOCK_MONOTONIC in milliseconds, so events from
+//! the robot, the console and the benchmark on one host line up on one clock.
+
+use serde_json::{Map, Value};
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Now on the system-wide monotonic clock (CLOCK_MONOTONIC), as time since its origin.
+pub fn monotonic_now() -> Duration {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available on Linux");
+    Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32)
+}
+
+/// Milliseconds, with microsecond precision, as written in `t_ms`.
+pub fn millis(t: Duration) -> f64 {
+    (t.as_micros() as f64) / 1000.0
+}
+
+/// A shared, append-only events file; a no-op when no file was asked for.
+#[derive(Clone, Default)]
+pub struct EventLog {
+    file: Option<Arc<Mutex<File>>>,
+}
+
+impl EventLog {
+    /// Appends to `path` (created if missing).
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Self {
+            file: Some(Arc::new(Mutex::new(file))),
+        })
+    }
+
+    /// A log that writes nothing.
+    pub fn disabled() -> Self {
+        Self::default()
+    }
+
+    /// Records `event` at `t` with `fields` (an object; others are ignored). Each line is
+    /// written whole with one `write`, so readers never see half a line.
+    pub fn record(&self, t: Duration, event: &str, fields: Value) {
+        let Some(file) = &self.file else { return };
+        let mut line = Map::new();
+        line.insert("t_ms".into(), Value::from(millis(t)));
+        line.insert("event".into(), Value::from(event));
+        if let Value::Object(fields) = fields {
+            line.extend(fields);
+        }
+        let mut text = Value::Object(line).to_string();
+        text.push('\n');
+        let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = file.write_all(text.as_bytes()) {
+            tracing::warn!(error = %e, "writing the events file");
+        }
+    }
+
+    /// Records `event` now.
+    pub fn now(&self, event: &str, fields: Value) {
+        self.record(monotonic_now(), event, fields);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_carry_monotonic_milliseconds_and_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let log = EventLog::open(&path).unwrap();
+        let before = millis(monotonic_now());
+        log.now("armed", serde_json::json!({"session_id": "ses_1"}));
+        log.now("safe_stop", serde_json::json!({"cause": "boot"}));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["event"], "armed");
+        assert_eq!(lines[0]["session_id"], "ses_1");
+        let t = lines[1]["t_ms"].as_f64().unwrap();
+        assert!(t >= before && t >= lines[0]["t_ms"].as_f64().unwrap());
+    }
+}

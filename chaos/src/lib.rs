@@ -1,0 +1,1 @@
+//! The chaos suite: real partitions and kills against real processes (not yet built).

@@ -1,0 +1,328 @@
+//! `tether bench robot`: how fast the robot stops. A real agent process (robot connected to
+//! node 1) and in-process consoles over real WebRTC on a fresh 3-node cluster; times come
+//! from the agent's events file and this process, both on CLOCK_MONOTONIC.
+//!
+//! - revoke → safe-stop: a console drives, the session is revoked through node 3;
+//! - control loss → safe-stop: the console falls silent (its task is dropped mid-drive);
+//! - lease expiry → safe-stop: iptables cuts the robot off from every gateway.
+
+use crate::auth::Role;
+use crate::bench::{histogram, write_markdown_section, BenchCluster, Latency};
+use crate::client::{Client, Target};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+use tether_agent::console::{ConsoleOptions, Outcome};
+use tether_agent::events::{millis, monotonic_now, EventLog};
+
+/// `tether bench robot`.
+#[derive(clap::Args, Debug)]
+pub struct RobotBenchArgs {
+    /// Trials of revoke → safe-stop.
+    #[arg(long, default_value_t = 100)]
+    pub trials: usize,
+    /// Trials of control loss → safe-stop.
+    #[arg(long, default_value_t = 30)]
+    pub control_loss_trials: usize,
+    /// Trials of lease expiry → safe-stop (needs root for iptables; 0 skips).
+    #[arg(long, default_value_t = 10)]
+    pub lease_trials: usize,
+    /// Where the markdown table goes (its `robot` section is replaced).
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    pub markdown: PathBuf,
+    /// Where the JSON results go.
+    #[arg(long, default_value = "target/bench/robot.json")]
+    pub json: PathBuf,
+}
+
+/// Everything `tether bench robot` measured.
+#[derive(Serialize, Debug)]
+pub struct RobotReport {
+    /// When.
+    pub when: String,
+    /// Revoke posted (request sent) → robot safe-stop.
+    pub revoke_posted_to_safe_stop: Latency,
+    /// Revoke accepted (HTTP 200 received) → robot safe-stop; negative samples (the robot
+    /// stopped before the admin saw the 200) count as 0.
+    pub revoke_accepted_to_safe_stop: Latency,
+    /// Trials where the robot had stopped before the 200 reached the admin.
+    pub stopped_before_accepted: usize,
+    /// Last applied command → safe-stop (control-loss timeout included).
+    pub control_loss_to_safe_stop: Latency,
+    /// The control-loss timeout.
+    pub control_timeout_ms: u64,
+    /// Cut from every gateway → safe-stop, ms, per trial.
+    pub lease_expiry_ms: Vec<f64>,
+    /// The lease TTL.
+    pub lease_ttl_ms: u64,
+}
+
+struct Events(PathBuf);
+
+impl Events {
+    fn read(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.0)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits (polling the file) for the first event matching `pred`.
+    async fn wait(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(e) = self.read().into_iter().find(&pred) {
+                return Ok(e);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("timed out waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+fn t_ms(e: &Value) -> f64 {
+    e["t_ms"].as_f64().unwrap_or(0.0)
+}
+
+fn is(e: &Value, event: &str, sid: &str) -> bool {
+    e["event"] == event && e["session_id"] == sid
+}
+
+/// One driving console, in this process.
+struct Drive {
+    session_id: String,
+    task: tokio::task::JoinHandle<Result<Outcome, tether_agent::console::ConsoleError>>,
+}
+
+async fn drive(gateway: &str, operator_token: &str) -> Result<Drive> {
+    let (sid_tx, sid_rx) = tokio::sync::oneshot::channel();
+    let options = ConsoleOptions {
+        gateway: gateway.to_owned(),
+        operator_token: operator_token.to_owned(),
+        robot_id: ROBOT.into(),
+        linear: 0.2,
+        angular: 0.0,
+        duration: None,
+        auth_token: None,
+        rtc_ip: "127.0.0.1".parse().expect("an address"),
+        events: EventLog::disabled(),
+    };
+    let task = tokio::spawn(tether_agent::console::run(options, move |s| {
+        let _ = sid_tx.send(s.session_id.clone());
+    }));
+    let session_id = sid_rx
+        .await
+        .context("the console did not create a session")?;
+    Ok(Drive { session_id, task })
+}
+
+const ROBOT: &str = "bench-robot";
+
+/// Runs the robot benchmark.
+pub async fn robot(args: RobotBenchArgs) -> Result<()> {
+    let cluster = BenchCluster::start(false, |_| {}).await?;
+    let http = |id: u64| format!("http://{}", cluster.procs[id as usize - 1].http);
+    let events = Events(cluster.dir.path().join("agent-events.jsonl"));
+    let robot_token = cluster
+        .secrets
+        .mint(ROBOT, Role::Robot, Duration::from_secs(3600))?;
+    let operator =
+        cluster
+            .secrets
+            .mint("bench-operator", Role::Operator, Duration::from_secs(3600))?;
+    let log = std::fs::File::create(cluster.dir.path().join("agent.log"))?;
+    let gateways: Vec<_> = cluster.procs.iter().map(|p| p.http).collect();
+    let mut command = crate::dev::agent_command(
+        &cluster.bin,
+        &gateways,
+        ROBOT,
+        &robot_token,
+        Some(&events.0),
+    );
+    command.stdout(log.try_clone()?).stderr(log);
+    let _agent = crate::dev::ChildProcess::spawn(command)?;
+    events
+        .wait("the agent to connect", |e| {
+            e["event"] == "gateway_connected"
+        })
+        .await?;
+    let admin = Client::new(&http(3), &cluster.token);
+
+    // Revoke → safe-stop.
+    let (mut posted, mut accepted) = (histogram(), histogram());
+    let mut before = 0;
+    for i in 0..args.trials {
+        let d = drive(&http(2), &operator).await?;
+        events
+            .wait("the robot to arm", |e| is(e, "armed", &d.session_id))
+            .await?;
+        let sent = millis(monotonic_now());
+        admin
+            .revoke(&Target::Session(d.session_id.clone()), "bench", None)
+            .await?;
+        let answered = millis(monotonic_now());
+        let stop = events
+            .wait("safe-stop", |e| {
+                is(e, "safe_stop", &d.session_id) && e["cause"] == "revoked"
+            })
+            .await?;
+        let _ = d.task.await;
+        posted.record(((t_ms(&stop) - sent) * 1000.0).max(1.0) as u64)?;
+        let after = t_ms(&stop) - answered;
+        if after < 0.0 {
+            before += 1;
+        }
+        accepted.record((after * 1000.0).max(1.0) as u64)?;
+        if (i + 1) % 20 == 0 {
+            eprintln!("bench robot: {} revoke trials", i + 1);
+        }
+    }
+
+    // Control loss → safe-stop.
+    let mut loss = histogram();
+    for _ in 0..args.control_loss_trials {
+        let d = drive(&http(2), &operator).await?;
+        events
+            .wait("commands", |e| {
+                is(e, "command_applied", &d.session_id) && e["seq"].as_u64() >= Some(3)
+            })
+            .await?;
+        // Silence without a goodbye: the console's task (and its WebRTC driver) stop here.
+        d.task.abort();
+        let stop = events
+            .wait("control-loss safe-stop", |e| {
+                is(e, "safe_stop", &d.session_id) && e["cause"] == "control_loss"
+            })
+            .await?;
+        let last = events
+            .read()
+            .into_iter()
+            .filter(|e| is(e, "command_applied", &d.session_id))
+            .map(|e| t_ms(&e))
+            .fold(0.0, f64::max);
+        loss.record(((t_ms(&stop) - last) * 1000.0).max(1.0) as u64)?;
+        terminate(&http(2), &operator, &d.session_id).await?;
+    }
+
+    // Lease expiry → safe-stop, with the robot cut off from every gateway.
+    let mut lease = Vec::new();
+    for _ in 0..args.lease_trials {
+        let d = drive(&http(2), &operator).await?;
+        events
+            .wait("commands", |e| {
+                is(e, "command_applied", &d.session_id) && e["seq"].as_u64() >= Some(3)
+            })
+            .await?;
+        let ports: Vec<u16> = gateways.iter().map(|a| a.port()).collect();
+        let cut = crate::dev::drop_ports("tcp", &ports, "bench-robot")
+            .context("iptables (run as root, or pass --lease-trials 0)")?;
+        let cut_at = millis(monotonic_now());
+        let stop = events
+            .wait("lease-expiry safe-stop", |e| {
+                is(e, "safe_stop", &d.session_id) && e["cause"] == "lease_expired"
+            })
+            .await?;
+        lease.push(((t_ms(&stop) - cut_at) * 10.0).round() / 10.0);
+        cut.heal();
+        d.task.abort();
+        terminate(&http(2), &operator, &d.session_id).await?;
+        events
+            .wait("the agent to reconnect", |e| {
+                e["event"] == "gateway_connected" && t_ms(e) > t_ms(&stop)
+            })
+            .await?;
+    }
+
+    let report = RobotReport {
+        when: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        revoke_posted_to_safe_stop: (&posted).into(),
+        revoke_accepted_to_safe_stop: (&accepted).into(),
+        stopped_before_accepted: before,
+        control_loss_to_safe_stop: (&loss).into(),
+        control_timeout_ms: 300,
+        lease_expiry_ms: lease,
+        lease_ttl_ms: 1000,
+    };
+    if let Some(parent) = args.json.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+    write_markdown_section(&args.markdown, "robot", &markdown(&report))?;
+    println!("{}", markdown(&report));
+    Ok(())
+}
+
+/// Ends a session the benchmark left behind (a silent console cannot).
+async fn terminate(gateway: &str, operator: &str, session_id: &str) -> Result<()> {
+    let response = reqwest::Client::new()
+        .delete(format!("{gateway}/v1/sessions/{session_id}"))
+        .bearer_auth(operator)
+        .send()
+        .await?;
+    if !(response.status().is_success() || response.status() == 409) {
+        bail!("ending {session_id}: {}", response.status());
+    }
+    Ok(())
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+fn markdown(r: &RobotReport) -> String {
+    let row = |name: &str, l: &Latency, target: &str| {
+        format!(
+            "| {name} | {} | {} | {} | {} | {target} |\n",
+            l.count,
+            ms(l.p50_us),
+            ms(l.p99_us),
+            ms(l.max_us)
+        )
+    };
+    let mut s = String::from("## Robot safe-stop (`tether bench robot`)\n\n");
+    s += &format!(
+        "{}. Robot agent as its own process on node 1, consoles in the bench process over real WebRTC through node 2, revokes through node 3; times from the agent's events file (CLOCK_MONOTONIC).\n\n",
+        r.when
+    );
+    s +=
+        "| measurement | trials | p50 ms | p99 ms | max ms | target |\n|---|---|---|---|---|---|\n";
+    s += &row(
+        "revoke posted → robot safe-stop",
+        &r.revoke_posted_to_safe_stop,
+        "p99 ≤ 20 ms",
+    );
+    s += &row(
+        "revoke accepted (200) → robot safe-stop",
+        &r.revoke_accepted_to_safe_stop,
+        "",
+    );
+    s += &row(
+        &format!(
+            "control loss → safe-stop (last command → stop; timeout {} ms)",
+            r.control_timeout_ms
+        ),
+        &r.control_loss_to_safe_stop,
+        &format!("p99 ≤ {} ms", r.control_timeout_ms + 15),
+    );
+    s += &format!(
+        "\nThe robot had stopped before the admin received the 200 in {} of {} revoke trials (counted as 0).\n",
+        r.stopped_before_accepted, r.revoke_accepted_to_safe_stop.count
+    );
+    let worst = r.lease_expiry_ms.iter().copied().fold(0.0, f64::max);
+    s += &format!(
+        "\nRobot cut off from every gateway (iptables) → lease-expiry safe-stop, TTL {} ms: {} ms over {} trials (worst {worst} ms; target ≤ TTL + 100 ms every time).\n",
+        r.lease_ttl_ms,
+        r.lease_expiry_ms
+            .iter()
+            .map(|v| format!("{v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        r.lease_expiry_ms.len()
+    );
+    s
+}

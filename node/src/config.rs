@@ -1,0 +1,305 @@
+//! The node's configuration file (TOML): every field documented, defaulted and validated.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use tether_store::NodeId;
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or has unknown fields.
+    #[error("parsing {path}: {source}")]
+    Parse {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        source: toml::de::Error,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// One member of the initial cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// The member's node id.
+    pub id: NodeId,
+    /// Its QUIC (Raft) address.
+    pub raft_addr: SocketAddr,
+    /// Its HTTP address.
+    pub http_addr: SocketAddr,
+}
+
+/// TLS material for node-to-node QUIC, as PEM files.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The cluster CA certificate.
+    pub ca_cert: PathBuf,
+    /// This node's certificate, issued by the cluster CA.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+}
+
+/// Token verification (and, later, issuing session tokens).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The cluster's Ed25519 public key (PEM) that verifies every bearer token.
+    pub public_key: PathBuf,
+    /// The matching private key (PEM), needed only to mint tokens.
+    #[serde(default)]
+    pub private_key: Option<PathBuf>,
+}
+
+/// Raft timing and compaction.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSection {
+    /// Leader heartbeat period in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Election timeout lower bound in milliseconds.
+    pub election_min_ms: u64,
+    /// Election timeout upper bound in milliseconds.
+    pub election_max_ms: u64,
+    /// Snapshot after this many entries since the last snapshot.
+    pub snapshot_logs: u64,
+    /// Entries kept below a snapshot.
+    pub keep_logs: u64,
+    /// Sync the write-ahead log on every append (required for S3).
+    pub fsync: bool,
+    /// How often the leader proposes the expiry cleanup, in milliseconds.
+    pub expire_interval_ms: u64,
+}
+
+impl Default for RaftSection {
+    fn default() -> Self {
+        let t = tether_raft::RaftTiming::default();
+        Self {
+            heartbeat_ms: t.heartbeat_ms,
+            election_min_ms: t.election_min_ms,
+            election_max_ms: t.election_max_ms,
+            snapshot_logs: t.snapshot_logs,
+            keep_logs: t.keep_logs,
+            fsync: true,
+            expire_interval_ms: 10_000,
+        }
+    }
+}
+
+/// HTTP limits and timeouts.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Largest accepted request body in bytes.
+    pub max_body_bytes: usize,
+    /// How long a write may wait for commit before answering `unavailable`, in ms.
+    pub write_timeout_ms: u64,
+    /// Default expiry of session and token revocations without `expires_at`, in seconds.
+    pub default_revocation_ttl_s: u64,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+            write_timeout_ms: 3_000,
+            default_revocation_ttl_s: 24 * 3600,
+        }
+    }
+}
+
+/// Sessions, signaling and the authorization lease.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsSection {
+    /// Lifetime of a session token in seconds (renewable while the session is active).
+    pub token_ttl_s: u64,
+    /// Which operators may drive which robots: operator id → robot ids (`*` for any).
+    /// Empty: every operator may drive every robot.
+    pub policy: std::collections::BTreeMap<String, Vec<String>>,
+    /// A signaling connection must authenticate within this many milliseconds.
+    pub auth_timeout_ms: u64,
+    /// Signaling connections this node accepts at once.
+    pub max_connections: usize,
+    /// Sustained signaling frames per second per connection.
+    pub frames_per_second: u32,
+    /// Burst of signaling frames per connection.
+    pub frame_burst: u32,
+    /// Authorization lease lifetime sent to robots; renewed every quarter of it.
+    pub lease_ttl_ms: u64,
+    /// How long a join may wait for the linearizable check before `unavailable`.
+    pub admission_timeout_ms: u64,
+}
+
+impl Default for SessionsSection {
+    fn default() -> Self {
+        Self {
+            token_ttl_s: 300,
+            policy: Default::default(),
+            auth_timeout_ms: 5_000,
+            max_connections: 10_000,
+            frames_per_second: 200,
+            frame_burst: 400,
+            lease_ttl_ms: 1_000,
+            admission_timeout_ms: 1_000,
+        }
+    }
+}
+
+impl SessionsSection {
+    /// Whether the policy lets `operator` drive `robot`.
+    pub fn allows(&self, operator: &str, robot: &str) -> bool {
+        self.policy.is_empty()
+            || self
+                .policy
+                .get(operator)
+                .is_some_and(|robots| robots.iter().any(|r| r == "*" || r == robot))
+    }
+}
+
+/// A gateway node's configuration.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id, unique in the cluster, non-zero.
+    pub id: NodeId,
+    /// Address of the HTTP API.
+    pub http_addr: SocketAddr,
+    /// UDP address of the QUIC endpoint for Raft and node-to-node traffic.
+    pub raft_addr: SocketAddr,
+    /// Directory for RocksDB.
+    pub data_dir: PathBuf,
+    /// The initial cluster, identical on every node. The lowest id initializes it.
+    #[serde(default)]
+    pub initial_members: Vec<MemberConfig>,
+    /// Node-to-node TLS.
+    pub tls: TlsConfig,
+    /// Bearer token verification.
+    pub auth: AuthConfig,
+    /// Raft tuning.
+    #[serde(default)]
+    pub raft: RaftSection,
+    /// HTTP tuning.
+    #[serde(default)]
+    pub http: HttpSection,
+    /// Sessions and signaling.
+    #[serde(default)]
+    pub sessions: SessionsSection,
+}
+
+impl NodeConfig {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.id == 0 {
+            return bad("id must be non-zero".into());
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 || r.election_min_ms <= r.heartbeat_ms * 2 {
+            return bad(format!(
+                "raft.election_min_ms ({}) must exceed twice raft.heartbeat_ms ({})",
+                r.election_min_ms, r.heartbeat_ms
+            ));
+        }
+        if r.election_max_ms <= r.election_min_ms {
+            return bad("raft.election_max_ms must exceed raft.election_min_ms".into());
+        }
+        if r.snapshot_logs == 0 || r.expire_interval_ms == 0 {
+            return bad("raft.snapshot_logs and raft.expire_interval_ms must be positive".into());
+        }
+        if self.http.max_body_bytes < 256 || self.http.write_timeout_ms == 0 {
+            return bad(
+                "http.max_body_bytes must be at least 256 and http.write_timeout_ms positive"
+                    .into(),
+            );
+        }
+        let s = &self.sessions;
+        if s.token_ttl_s == 0
+            || s.lease_ttl_ms < 40
+            || s.frames_per_second == 0
+            || s.max_connections == 0
+        {
+            return bad("sessions: token_ttl_s, frames_per_second and max_connections must be positive and lease_ttl_ms at least 40".into());
+        }
+        let ids: BTreeSet<_> = self.initial_members.iter().map(|m| m.id).collect();
+        if ids.len() != self.initial_members.len() {
+            return bad("initial_members has a duplicate id".into());
+        }
+        if ids.contains(&0) {
+            return bad("initial_members has id 0".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> String {
+        r#"
+id = 1
+http_addr = "127.0.0.1:8080"
+raft_addr = "127.0.0.1:9090"
+data_dir = "/tmp/x"
+[[initial_members]]
+id = 1
+raft_addr = "127.0.0.1:9090"
+http_addr = "127.0.0.1:8080"
+[tls]
+ca_cert = "ca.pem"
+cert = "cert.pem"
+key = "key.pem"
+[auth]
+public_key = "pub.pem"
+"#
+        .into()
+    }
+
+    #[test]
+    fn a_minimal_file_takes_the_defaults() {
+        let c: NodeConfig = toml::from_str(&sample()).unwrap();
+        c.validate().unwrap();
+        assert!(c.raft.fsync);
+        assert_eq!(c.http.max_body_bytes, 64 * 1024);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        assert!(toml::from_str::<NodeConfig>(&format!("{}\nbogus = 1", sample())).is_err());
+        let mut c: NodeConfig = toml::from_str(&sample()).unwrap();
+        c.raft.election_min_ms = c.raft.heartbeat_ms;
+        assert!(c.validate().is_err());
+        c = toml::from_str(&sample()).unwrap();
+        c.id = 0;
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,937 @@
+//! The signaling gateway: WebSocket connections, join admission (S1, S2), relay on this
+//! node and across nodes, teardown when sessions end (S4), and authorization leases (S7).
+//!
+//! The decisions live in `tether-signaling` (frames, rooms, rate limits) and in the
+//! replicated state; this module does the I/O around them.
+
+use crate::auth::{unix_now, Claims, Role, Verifier};
+use crate::config::NodeConfig;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tether_raft::RaftNode;
+use tether_signaling::protocol::{self, ClientFrame, RelayFrame, ServerFrame};
+use tether_signaling::rate::TokenBucket;
+use tether_signaling::rooms::{ConnId, Location, Rooms, Side};
+use tether_store::{NodeId, Session, SessionEvent, SessionState};
+use tokio::sync::mpsc;
+
+/// WebSocket close codes (see `docs/signaling.md`).
+pub mod close {
+    /// The first frame was not a valid `auth`.
+    pub const AUTH_FAILED: u16 = 4401;
+    /// No `auth` frame in time.
+    pub const AUTH_TIMEOUT: u16 = 4408;
+    /// The session was revoked.
+    pub const REVOKED: u16 = 4001;
+    /// The session was terminated by its operator.
+    pub const TERMINATED: u16 = 4002;
+    /// Another connection took this side of the session.
+    pub const REPLACED: u16 = 4003;
+    /// Too many frames too fast, repeatedly.
+    pub const RATE_LIMITED: u16 = 4029;
+}
+
+/// How many frames over the rate limit a connection may send before it is cut off.
+const RATE_STRIKES: u32 = 20;
+/// How long a relay to another node may take.
+const RELAY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Something for a connection's writer task.
+#[derive(Debug)]
+enum Outbound {
+    Frame(ServerFrame),
+    Close(u16, String),
+}
+
+/// Who is on a connection.
+#[derive(Debug, Clone)]
+enum Identity {
+    Operator(Claims),
+    Robot(String),
+    /// An admin subscribed to session-end notifications; joins nothing.
+    Watcher,
+}
+
+impl Identity {
+    fn side(&self) -> Option<Side> {
+        match self {
+            Self::Operator(_) => Some(Side::Operator),
+            Self::Robot(_) => Some(Side::Robot),
+            Self::Watcher => None,
+        }
+    }
+}
+
+struct Conn {
+    tx: mpsc::UnboundedSender<Outbound>,
+    identity: Identity,
+}
+
+#[derive(Default)]
+struct HubState {
+    rooms: Rooms,
+    conns: HashMap<ConnId, Conn>,
+    robots: HashMap<String, ConnId>,
+}
+
+/// A message between nodes' gateways, carried by `RaftNode::signal`. Encoded as JSON, not
+/// with the node codec: relayed frames are JSON-tagged enums, which postcard cannot carry.
+#[derive(Serialize, Deserialize, Debug)]
+enum NodeSignal {
+    /// `side` of `session_id` joined (or left) on the sending node.
+    Presence {
+        session_id: String,
+        side: Side,
+        joined: bool,
+    },
+    /// A frame for `to` of `session_id`, which the receiver holds.
+    Relay {
+        session_id: String,
+        to: Side,
+        frame: RelayFrame,
+    },
+}
+
+/// The answer to a [`NodeSignal`].
+#[derive(Serialize, Deserialize, Debug, Default)]
+struct SignalAnswer {
+    /// For presence: the sides of that session connected on the answering node.
+    present: Vec<Side>,
+    /// For relay: whether the frame was delivered.
+    delivered: bool,
+}
+
+/// Why a join was refused.
+#[derive(Debug)]
+struct Denied {
+    code: &'static str,
+    message: String,
+}
+
+fn denied(code: &'static str, message: impl Into<String>) -> Denied {
+    Denied {
+        code,
+        message: message.into(),
+    }
+}
+
+/// The node's signaling hub.
+pub struct Hub {
+    raft: Arc<RaftNode>,
+    audit: crate::audit::AuditLog,
+    config: Arc<NodeConfig>,
+    verifier: Verifier,
+    state: Mutex<HubState>,
+    next_conn: AtomicU64,
+    live: AtomicU64,
+}
+
+impl Hub {
+    /// A hub for this node; call [`Hub::start`] to run its background tasks.
+    pub fn new(
+        raft: Arc<RaftNode>,
+        config: Arc<NodeConfig>,
+        verifier: Verifier,
+        audit: crate::audit::AuditLog,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            raft,
+            audit,
+            config,
+            verifier,
+            state: Mutex::new(HubState::default()),
+            next_conn: AtomicU64::new(1),
+            live: AtomicU64::new(0),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Installs the node-to-node handler and starts the teardown and lease tasks.
+    pub fn start(
+        self: &Arc<Self>,
+        stopped: tokio::sync::watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let hub = self.clone();
+        self.raft.set_signal_handler(Arc::new(move |from, payload| {
+            let hub = hub.clone();
+            Box::pin(async move { hub.on_node_signal(from, &payload) })
+        }));
+        vec![
+            tokio::spawn(self.clone().teardown_loop(stopped.clone())),
+            tokio::spawn(self.clone().lease_loop(stopped)),
+        ]
+    }
+
+    /// Open connections, rooms and room members, for metrics and leak checks.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let st = self.state();
+        (
+            st.conns.len(),
+            st.rooms.room_count(),
+            st.rooms.member_count(),
+        )
+    }
+
+    /// Whether another connection may be accepted.
+    pub fn has_room_for_one_more(&self) -> bool {
+        (self.live.load(Ordering::Relaxed) as usize) < self.config.sessions.max_connections
+    }
+
+    fn send(&self, conn: ConnId, frame: ServerFrame) {
+        if let Some(c) = self.state().conns.get(&conn) {
+            let _ = c.tx.send(Outbound::Frame(frame));
+        }
+    }
+
+    /// Serves one WebSocket until it closes.
+    pub async fn serve(self: Arc<Self>, socket: WebSocket) {
+        self.live.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("tether_signal_connections").increment(1.0);
+        let (mut sink, mut stream) = socket.split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Outbound>();
+        let writer = tokio::spawn(async move {
+            while let Some(out) = rx.recv().await {
+                let result = match out {
+                    Outbound::Frame(frame) => {
+                        sink.send(Message::Text(protocol::render(&frame).into()))
+                            .await
+                    }
+                    Outbound::Close(code, reason) => {
+                        let _ = sink
+                            .send(Message::Close(Some(CloseFrame {
+                                code,
+                                reason: reason.into(),
+                            })))
+                            .await;
+                        break;
+                    }
+                };
+                if result.is_err() {
+                    break;
+                }
+            }
+        });
+        if let Some(conn) = self.authenticate(&mut stream, &tx).await {
+            self.read_loop(conn, &mut stream, &tx).await;
+            self.disconnect(conn).await;
+        }
+        drop(tx);
+        let _ = writer.await;
+        drain_until_closed(&mut stream).await;
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("tether_signal_connections").decrement(1.0);
+    }
+
+    async fn authenticate(
+        &self,
+        stream: &mut futures::stream::SplitStream<WebSocket>,
+        tx: &mpsc::UnboundedSender<Outbound>,
+    ) -> Option<ConnId> {
+        let fail = |code: u16, error: &str, message: String| {
+            let _ = tx.send(Outbound::Frame(ServerFrame::Error {
+                code: error.into(),
+                message: message.clone(),
+            }));
+            let _ = tx.send(Outbound::Close(code, message));
+            None
+        };
+        let timeout = Duration::from_millis(self.config.sessions.auth_timeout_ms);
+        let first = match tokio::time::timeout(timeout, next_text(stream)).await {
+            Err(_) => {
+                return fail(
+                    close::AUTH_TIMEOUT,
+                    "auth_timeout",
+                    "no auth frame in time".into(),
+                )
+            }
+            Ok(None) => return None,
+            Ok(Some(text)) => text,
+        };
+        let token = match protocol::parse(&first) {
+            Ok(ClientFrame::Auth { token }) => token,
+            Ok(_) => {
+                return fail(
+                    close::AUTH_FAILED,
+                    "unauthenticated",
+                    "the first frame must be auth".into(),
+                )
+            }
+            Err(e) => return fail(close::AUTH_FAILED, e.code, e.message),
+        };
+        let claims = match self.verifier.verify(&token) {
+            Ok(claims) => claims,
+            Err(e) => {
+                let code = crate::error::ApiError::from(e);
+                return fail(
+                    close::AUTH_FAILED,
+                    code.code(),
+                    format!("token refused: {}", code.code()),
+                );
+            }
+        };
+        let identity = match claims.role {
+            Role::Operator => Identity::Operator(claims.clone()),
+            Role::Robot => Identity::Robot(claims.sub.clone()),
+            Role::Admin => Identity::Watcher,
+        };
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let role = match identity.side() {
+            Some(Side::Operator) => "operator",
+            Some(Side::Robot) => "robot",
+            None => "watcher",
+        };
+        let _ = tx.send(Outbound::Frame(ServerFrame::AuthOk {
+            role: role.into(),
+            subject: claims.sub.clone(),
+        }));
+        let assigned = {
+            let mut st = self.state();
+            if let Identity::Robot(robot) = &identity {
+                st.robots.insert(robot.clone(), conn);
+            }
+            st.conns.insert(
+                conn,
+                Conn {
+                    tx: tx.clone(),
+                    identity: identity.clone(),
+                },
+            );
+            match &identity {
+                Identity::Robot(robot) => self
+                    .raft
+                    .view()
+                    .read()
+                    .active_session_of(robot)
+                    .map(|s| s.id.clone()),
+                Identity::Operator(_) | Identity::Watcher => None,
+            }
+        };
+        if let Some(session_id) = assigned {
+            let _ = tx.send(Outbound::Frame(ServerFrame::SessionAssigned { session_id }));
+        }
+        Some(conn)
+    }
+
+    async fn read_loop(
+        &self,
+        conn: ConnId,
+        stream: &mut futures::stream::SplitStream<WebSocket>,
+        tx: &mpsc::UnboundedSender<Outbound>,
+    ) {
+        let s = &self.config.sessions;
+        let started = Instant::now();
+        let now_ms = || started.elapsed().as_millis() as u64;
+        let mut bucket = TokenBucket::new(s.frame_burst, s.frames_per_second, now_ms());
+        let mut strikes = 0;
+        // No per-frame check for teardown: every handler looks the connection up, and a
+        // torn-down one is found nowhere (its writer is gone too).
+        while let Some(text) = next_text(stream).await {
+            if !bucket.take(now_ms()) {
+                strikes += 1;
+                metrics::counter!("tether_signal_rate_limited_total").increment(1);
+                if strikes >= RATE_STRIKES {
+                    let _ = tx.send(Outbound::Close(
+                        close::RATE_LIMITED,
+                        "rate limit exceeded".into(),
+                    ));
+                    return;
+                }
+                let _ = tx.send(Outbound::Frame(error_frame("rate_limited", "slow down")));
+                continue;
+            }
+            match protocol::parse(&text) {
+                Ok(frame) => self.on_frame(conn, frame, tx).await,
+                Err(e) => {
+                    let _ = tx.send(Outbound::Frame(e.to_frame()));
+                }
+            }
+        }
+    }
+
+    async fn on_frame(
+        &self,
+        conn: ConnId,
+        frame: ClientFrame,
+        tx: &mpsc::UnboundedSender<Outbound>,
+    ) {
+        let reply = |f: ServerFrame| {
+            let _ = tx.send(Outbound::Frame(f));
+        };
+        match frame {
+            ClientFrame::Auth { .. } => {
+                reply(error_frame("already_authenticated", "auth comes once"))
+            }
+            ClientFrame::Ping => reply(ServerFrame::Pong),
+            ClientFrame::Join { session_id } => self.join(conn, session_id, tx).await,
+            ClientFrame::Leave => {
+                let left = self.state().rooms.leave(conn);
+                if let Some(left) = left {
+                    self.announce_left(left).await;
+                }
+            }
+            ClientFrame::Offer { sdp } => self.relay(conn, RelayFrame::Offer { sdp }, tx).await,
+            ClientFrame::Answer { sdp } => self.relay(conn, RelayFrame::Answer { sdp }, tx).await,
+            ClientFrame::Candidate {
+                candidate,
+                sdp_mid,
+                sdp_mline_index,
+            } => {
+                self.relay(
+                    conn,
+                    RelayFrame::Candidate {
+                        candidate,
+                        sdp_mid,
+                        sdp_mline_index,
+                    },
+                    tx,
+                )
+                .await
+            }
+        }
+    }
+
+    /// The deny check from local applied state (S1): no I/O, no await.
+    fn check_local(
+        &self,
+        identity: &Identity,
+        session_id: &str,
+    ) -> Result<Option<Session>, Denied> {
+        let state = self.raft.view().read();
+        let Some(session) = state.session(session_id) else {
+            return Ok(None);
+        };
+        if let Some(r) = state.denial(
+            Some(&session.id),
+            Some(&session.token_id),
+            Some(&session.operator),
+        ) {
+            return Err(denied("session_revoked", format!("revoked: {}", r.reason)));
+        }
+        match session.state {
+            SessionState::Active => {}
+            SessionState::Revoked => {
+                return Err(denied("session_revoked", "the session was revoked"))
+            }
+            SessionState::Terminated => {
+                return Err(denied("session_terminated", "the session has ended"))
+            }
+        }
+        match identity {
+            Identity::Operator(claims) => {
+                if claims.sid.as_deref() != Some(session_id) || claims.sub != session.operator {
+                    return Err(denied("forbidden", "this token is not for that session"));
+                }
+                if let Some(r) = state.denial(None, Some(&claims.jti), Some(&claims.sub)) {
+                    return Err(denied("session_revoked", format!("revoked: {}", r.reason)));
+                }
+            }
+            Identity::Robot(robot) => {
+                if *robot != session.robot {
+                    return Err(denied("forbidden", "that session is for another robot"));
+                }
+            }
+            Identity::Watcher => return Err(denied("forbidden", "watchers do not join sessions")),
+        }
+        Ok(Some(session.clone()))
+    }
+
+    /// Admits a join only once this node is known to be current (S2).
+    async fn admit(&self, identity: &Identity, session_id: &str) -> Result<Session, Denied> {
+        let started = Instant::now();
+        if let Err(d) = self.check_local(identity, session_id) {
+            metrics::histogram!("tether_join_denial_seconds")
+                .record(started.elapsed().as_secs_f64());
+            return Err(d);
+        }
+        let timeout = Duration::from_millis(self.config.sessions.admission_timeout_ms);
+        if let Err(e) = self.raft.read_barrier(timeout).await {
+            return Err(denied(
+                "unavailable",
+                format!("cannot confirm the session with a quorum: {e}"),
+            ));
+        }
+        match self.check_local(identity, session_id)? {
+            Some(session) => Ok(session),
+            None => Err(denied(
+                "session_not_found",
+                format!("no session {session_id}"),
+            )),
+        }
+    }
+
+    async fn join(&self, conn: ConnId, session_id: String, tx: &mpsc::UnboundedSender<Outbound>) {
+        let Some(identity) = self.state().conns.get(&conn).map(|c| c.identity.clone()) else {
+            return;
+        };
+        let Some(side) = identity.side() else {
+            let _ = tx.send(Outbound::Frame(error_frame(
+                "forbidden",
+                "watchers do not join sessions",
+            )));
+            return;
+        };
+        if let Err(d) = self.admit(&identity, &session_id).await {
+            metrics::counter!("tether_joins_total", "result" => "denied").increment(1);
+            tracing::info!(%session_id, code = d.code, "join denied");
+            self.audit.record(
+                "JOIN_DENIED",
+                &session_id,
+                serde_json::json!({ "code": d.code, "side": side }),
+            );
+            let _ = tx.send(Outbound::Frame(error_frame(d.code, &d.message)));
+            return;
+        }
+        metrics::counter!("tether_joins_total", "result" => "admitted").increment(1);
+        let (joined, previous) = self.state().rooms.join(conn, &session_id, side);
+        if let Some(left) = previous {
+            self.announce_left(left).await;
+        }
+        if let Some(old) = joined.replaced {
+            let st = self.state();
+            if let Some(c) = st.conns.get(&old) {
+                let _ = c.tx.send(Outbound::Close(
+                    close::REPLACED,
+                    "replaced by a newer connection".into(),
+                ));
+            }
+        }
+        // Tell the other nodes, and learn whether the peer is connected to one of them.
+        let mut peer = joined.peer;
+        let answers = self
+            .broadcast(&NodeSignal::Presence {
+                session_id: session_id.clone(),
+                side,
+                joined: true,
+            })
+            .await;
+        for (node, answer) in answers {
+            if peer.is_none() && answer.present.contains(&side.other()) {
+                let (_, displaced) =
+                    self.state()
+                        .rooms
+                        .remote_joined(&session_id, side.other(), node);
+                debug_assert!(displaced.is_none());
+                peer = Some(Location::Remote(node));
+            }
+        }
+        let _ = tx.send(Outbound::Frame(ServerFrame::Joined {
+            session_id: session_id.clone(),
+            peer_present: peer.is_some(),
+        }));
+        if let Some(Location::Local(other)) = peer {
+            self.send(other, ServerFrame::PeerJoined { session_id });
+        }
+    }
+
+    async fn relay(&self, conn: ConnId, frame: RelayFrame, tx: &mpsc::UnboundedSender<Outbound>) {
+        let target = self
+            .state()
+            .rooms
+            .peer_of(conn)
+            .map(|(sid, side, peer)| (sid.to_owned(), side, peer));
+        match target {
+            None => {
+                let _ = tx.send(Outbound::Frame(error_frame(
+                    "not_joined",
+                    "join a session first",
+                )));
+            }
+            Some((_, _, None)) => {
+                let _ = tx.send(Outbound::Frame(error_frame(
+                    "peer_not_present",
+                    "the other peer is not connected",
+                )));
+            }
+            Some((_, _, Some(Location::Local(other)))) => self.send(other, frame.into()),
+            Some((session_id, side, Some(Location::Remote(node)))) => {
+                let message = NodeSignal::Relay {
+                    session_id,
+                    to: side.other(),
+                    frame,
+                };
+                // Awaited before the next frame is read: order is kept per sender.
+                let delivered = self
+                    .signal(node, &message)
+                    .await
+                    .is_some_and(|a| a.delivered);
+                if !delivered {
+                    let _ = tx.send(Outbound::Frame(error_frame(
+                        "relay_failed",
+                        "the peer's node did not take the frame",
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn signal(&self, node: NodeId, message: &NodeSignal) -> Option<SignalAnswer> {
+        let payload = serde_json::to_vec(message).ok()?;
+        let answer = self.raft.signal(node, payload, RELAY_TIMEOUT).await.ok()?;
+        serde_json::from_slice(&answer).ok()
+    }
+
+    async fn broadcast(&self, message: &NodeSignal) -> Vec<(NodeId, SignalAnswer)> {
+        let calls = self
+            .raft
+            .other_members()
+            .into_iter()
+            .map(|node| async move { self.signal(node, message).await.map(|a| (node, a)) });
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    async fn announce_left(&self, left: tether_signaling::rooms::Left) {
+        match left.peer {
+            Some(Location::Local(other)) => self.send(
+                other,
+                ServerFrame::PeerLeft {
+                    session_id: left.session_id.clone(),
+                },
+            ),
+            Some(Location::Remote(node)) => {
+                let _ = self
+                    .signal(
+                        node,
+                        &NodeSignal::Presence {
+                            session_id: left.session_id.clone(),
+                            side: left.side,
+                            joined: false,
+                        },
+                    )
+                    .await;
+            }
+            None => {}
+        }
+    }
+
+    fn on_node_signal(&self, from: NodeId, payload: &[u8]) -> Vec<u8> {
+        let answer = match serde_json::from_slice::<NodeSignal>(payload) {
+            Ok(NodeSignal::Presence {
+                session_id,
+                side,
+                joined,
+            }) => {
+                let mut st = self.state();
+                let notify = if joined {
+                    let (notify, displaced) = st.rooms.remote_joined(&session_id, side, from);
+                    if let Some(old) = displaced.and_then(|c| st.conns.get(&c)) {
+                        let _ = old.tx.send(Outbound::Close(
+                            close::REPLACED,
+                            "joined on another node".into(),
+                        ));
+                    }
+                    notify.map(|c| {
+                        (
+                            c,
+                            ServerFrame::PeerJoined {
+                                session_id: session_id.clone(),
+                            },
+                        )
+                    })
+                } else {
+                    st.rooms.remote_left(&session_id, side, from).map(|c| {
+                        (
+                            c,
+                            ServerFrame::PeerLeft {
+                                session_id: session_id.clone(),
+                            },
+                        )
+                    })
+                };
+                if let Some((conn, frame)) = notify {
+                    if let Some(c) = st.conns.get(&conn) {
+                        let _ = c.tx.send(Outbound::Frame(frame));
+                    }
+                }
+                let present = [Side::Operator, Side::Robot]
+                    .into_iter()
+                    .filter(|s| st.rooms.local(&session_id, *s).is_some())
+                    .collect();
+                SignalAnswer {
+                    present,
+                    delivered: false,
+                }
+            }
+            Ok(NodeSignal::Relay {
+                session_id,
+                to,
+                frame,
+            }) => {
+                let st = self.state();
+                let delivered = st
+                    .rooms
+                    .local(&session_id, to)
+                    .and_then(|c| st.conns.get(&c))
+                    .is_some_and(|c| c.tx.send(Outbound::Frame(frame.into())).is_ok());
+                SignalAnswer {
+                    present: vec![],
+                    delivered,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(from, error = %e, "bad signaling message from a node");
+                SignalAnswer::default()
+            }
+        };
+        serde_json::to_vec(&answer).unwrap_or_default()
+    }
+
+    async fn disconnect(&self, conn: ConnId) {
+        let left = {
+            let mut st = self.state();
+            if let Some(Conn {
+                identity: Identity::Robot(robot),
+                ..
+            }) = st.conns.remove(&conn)
+            {
+                if st.robots.get(&robot) == Some(&conn) {
+                    st.robots.remove(&robot);
+                }
+            }
+            st.rooms.leave(conn)
+        };
+        if let Some(left) = left {
+            self.announce_left(left).await;
+        }
+    }
+
+    /// Applies session starts and ends to this node's connections (S4).
+    async fn teardown_loop(self: Arc<Self>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+        let mut events = self.raft.session_events();
+        loop {
+            let event = tokio::select! {
+                e = events.recv() => e,
+                _ = stopped.wait_for(|s| *s) => return,
+            };
+            match event {
+                Ok(SessionEvent::Started(session)) => {
+                    self.audit.record(
+                        "SESSION_STARTED",
+                        &session.id,
+                        serde_json::json!({ "operator": session.operator, "robot": session.robot }),
+                    );
+                    let robot_conn = self.state().robots.get(&session.robot).copied();
+                    if let Some(conn) = robot_conn {
+                        self.send(
+                            conn,
+                            ServerFrame::SessionAssigned {
+                                session_id: session.id,
+                            },
+                        );
+                    }
+                }
+                Ok(SessionEvent::Ended(session)) => self.tear_down(&session, false),
+                Ok(SessionEvent::Reset)
+                | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    self.tear_down_all_ended()
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Tells every connection of an ended session why, closes it and frees its room.
+    /// With `quiet`, a session with no connection here is skipped without an audit record
+    /// (the re-check after a snapshot or a missed event).
+    fn tear_down(&self, session: &Session, quiet: bool) {
+        let started = Instant::now();
+        let reason = session.end_reason.clone().unwrap_or_default();
+        let (frame, code) = match session.state {
+            SessionState::Revoked => (
+                ServerFrame::Revoked {
+                    session_id: session.id.clone(),
+                    reason: reason.clone(),
+                },
+                close::REVOKED,
+            ),
+            _ => (
+                ServerFrame::Terminated {
+                    session_id: session.id.clone(),
+                    reason: reason.clone(),
+                },
+                close::TERMINATED,
+            ),
+        };
+        let mut st = self.state();
+        let mut targets = st.rooms.close_session(&session.id);
+        // Operators holding the session's token but not (yet) joined, and the robot.
+        for (id, c) in &st.conns {
+            let holds = match &c.identity {
+                Identity::Operator(claims) => claims.sid.as_deref() == Some(&session.id),
+                Identity::Robot(robot) => *robot == session.robot,
+                Identity::Watcher => false,
+            };
+            if holds && !targets.contains(id) {
+                targets.push(*id);
+            }
+        }
+        for conn in &targets {
+            if let Some(c) = st.conns.get(conn) {
+                let _ = c.tx.send(Outbound::Frame(frame.clone()));
+                let _ = c.tx.send(Outbound::Close(code, reason.clone()));
+            }
+        }
+        if quiet && targets.is_empty() {
+            return;
+        }
+        let ended_at = session.ended_at.unwrap_or(session.created_at);
+        let notice = ServerFrame::SessionTerminated {
+            session_id: session.id.clone(),
+            operator: session.operator.clone(),
+            robot: session.robot.clone(),
+            terminated_at: crate::api::rfc3339(ended_at),
+            duration_seconds: ended_at.saturating_sub(session.created_at) / 1000,
+            reason: reason.clone(),
+        };
+        for c in st.conns.values() {
+            if matches!(c.identity, Identity::Watcher) {
+                let _ = c.tx.send(Outbound::Frame(notice.clone()));
+            }
+        }
+        for conn in &targets {
+            st.conns.remove(conn);
+        }
+        st.robots.retain(|_, c| !targets.contains(c));
+        drop(st);
+        let event = match session.state {
+            SessionState::Revoked => "SESSION_REVOKED",
+            _ => "SESSION_TERMINATED",
+        };
+        let detail = serde_json::json!({
+            "operator": session.operator,
+            "robot": session.robot,
+            "reason": reason,
+        });
+        self.audit.record(event, &session.id, detail);
+        self.audit.record(
+            "TEARDOWN",
+            &session.id,
+            serde_json::json!({ "connections": targets.len(), "micros": started.elapsed().as_micros() as u64 }),
+        );
+        if !targets.is_empty() {
+            tracing::info!(session_id = %session.id, state = ?session.state, connections = targets.len(), micros = started.elapsed().as_micros() as u64, "session torn down");
+        }
+        metrics::histogram!("tether_teardown_seconds").record(started.elapsed().as_secs_f64());
+    }
+
+    fn tear_down_all_ended(&self) {
+        let ended: Vec<Session> = {
+            let state = self.raft.view().read();
+            state
+                .sessions()
+                .filter(|s| s.state != SessionState::Active)
+                .cloned()
+                .collect()
+        };
+        for session in ended {
+            self.tear_down(&session, true);
+        }
+    }
+
+    /// Every quarter lease, proves contact with the quorum once and renews the lease of
+    /// every robot here with an active session (S7). Without a quorum, nothing is sent and
+    /// the robots stop when their leases run out.
+    async fn lease_loop(self: Arc<Self>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+        let ttl = self.config.sessions.lease_ttl_ms;
+        let mut tick = tokio::time::interval(Duration::from_millis(ttl / 4));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopped.wait_for(|s| *s) => return,
+            }
+            let robots: Vec<(String, ConnId)> = self
+                .state()
+                .robots
+                .iter()
+                .map(|(r, c)| (r.clone(), *c))
+                .collect();
+            if robots.is_empty() {
+                continue;
+            }
+            if self
+                .raft
+                .read_barrier(Duration::from_millis(ttl / 4))
+                .await
+                .is_err()
+            {
+                metrics::counter!("tether_lease_rounds_total", "result" => "no_quorum")
+                    .increment(1);
+                continue;
+            }
+            metrics::counter!("tether_lease_rounds_total", "result" => "renewed").increment(1);
+            let grants: Vec<(ConnId, String)> = {
+                let state = self.raft.view().read();
+                robots
+                    .into_iter()
+                    .filter_map(|(robot, conn)| {
+                        state
+                            .active_session_of(&robot)
+                            .map(|s| (conn, s.id.clone()))
+                    })
+                    .collect()
+            };
+            for (conn, session_id) in grants {
+                self.send(
+                    conn,
+                    ServerFrame::Lease {
+                        session_id,
+                        ttl_ms: ttl,
+                    },
+                );
+            }
+        }
+    }
+}
+
+fn error_frame(code: &str, message: &str) -> ServerFrame {
+    ServerFrame::Error {
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+/// The next text frame, skipping pings; `None` when the socket closes or sends binary.
+async fn next_text(stream: &mut futures::stream::SplitStream<WebSocket>) -> Option<String> {
+    loop {
+        match stream.next().await? {
+            Ok(Message::Text(text)) => return Some(text.to_string()),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(Message::Binary(_)) | Ok(Message::Close(_)) | Err(_) => return None,
+        }
+    }
+}
+
+/// Finishes the closing handshake: reads (and drops) what the peer still sends until its
+/// close frame, for at most [`CLOSE_DRAIN`]. Closing the socket with unread frames in the
+/// kernel's buffer would reset the connection, and the peer would lose our close frame
+/// and its code (a flooder would see 1006 instead of 4029).
+async fn drain_until_closed(stream: &mut futures::stream::SplitStream<WebSocket>) {
+    let drain = async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
+}
+
+/// How long a closing connection waits for the peer's close frame.
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+
+/// Now in milliseconds since the epoch, for session commands.
+pub fn now_ms() -> u64 {
+    unix_now().as_millis() as u64
+}

@@ -1,0 +1,226 @@
+//! The Tether gateway node: configuration, tokens, the HTTP API, and [`start_node`], the one
+//! way a node is started by `main`, the tests and the chaos suite alike.
+//!
+//! This crate wires the layers together; it is the only one that knows them all.
+
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod bench;
+pub mod bench_robot;
+pub mod bench_signaling;
+pub mod client;
+pub mod config;
+pub mod console;
+pub mod dev;
+pub mod error;
+pub mod gateway;
+pub mod sessions;
+pub mod telemetry;
+
+use crate::config::NodeConfig;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tether_raft::{RaftNode, RaftNodeConfig, RaftTiming, TlsIdentity};
+use tether_store::{Command, NodeInfo};
+
+/// Starting a node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A file named in the configuration could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// Which file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The token key is unusable.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    /// Raft failed to start.
+    #[error(transparent)]
+    Raft(#[from] tether_raft::RaftNodeError),
+    /// The HTTP listener could not bind.
+    #[error("binding http {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn read(path: &std::path::Path) -> Result<String, NodeError> {
+    std::fs::read_to_string(path).map_err(|source| NodeError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
+/// A running node; dropping it does not stop it, [`NodeHandle::shutdown`] does.
+pub struct NodeHandle {
+    /// The bound HTTP address.
+    pub http_addr: SocketAddr,
+    /// The Raft member.
+    pub raft: Arc<RaftNode>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    /// Stops serving, stops Raft, and waits for the tasks.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.raft.shutdown().await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Starts a node from a validated configuration: store, Raft over QUIC, bootstrap, the HTTP
+/// API and the leader's expiry cleanup.
+pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
+    let tls = TlsIdentity {
+        ca_cert_pem: read(&config.tls.ca_cert)?,
+        node: tether_raft::CertPair {
+            cert_pem: read(&config.tls.cert)?,
+            key_pem: read(&config.tls.key)?,
+        },
+    };
+    let public_key_pem = read(&config.auth.public_key)?;
+    let verifier = auth::Verifier::from_pem(public_key_pem.as_bytes())?;
+    let metrics = telemetry::prometheus();
+    let r = &config.raft;
+    let raft = Arc::new(
+        RaftNode::start(RaftNodeConfig {
+            id: config.id,
+            listen: config.raft_addr,
+            tls,
+            data_dir: config.data_dir.clone(),
+            fsync: r.fsync,
+            timing: RaftTiming {
+                heartbeat_ms: r.heartbeat_ms,
+                election_min_ms: r.election_min_ms,
+                election_max_ms: r.election_max_ms,
+                snapshot_logs: r.snapshot_logs,
+                keep_logs: r.keep_logs,
+            },
+        })
+        .await?,
+    );
+    let members: BTreeMap<_, _> = config
+        .initial_members
+        .iter()
+        .map(|m| {
+            (
+                m.id,
+                NodeInfo {
+                    raft_addr: m.raft_addr.to_string(),
+                    http_addr: m.http_addr.to_string(),
+                },
+            )
+        })
+        .collect();
+    if !members.is_empty() {
+        raft.bootstrap(members).await?;
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: config.http_addr,
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(|source| NodeError::Bind {
+        addr: config.http_addr,
+        source,
+    })?;
+    // Small request/response exchanges: do not let Nagle hold replies back.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let minter = match &config.auth.private_key {
+        Some(path) => Some(auth::Minter::from_pem(read(path)?.as_bytes())?),
+        None => None,
+    };
+    let config = Arc::new(config);
+    let audit_path = config.data_dir.join("audit.jsonl");
+    let audit =
+        audit::AuditLog::open(&audit_path, config.id).map_err(|source| NodeError::Read {
+            path: audit_path,
+            source,
+        })?;
+    let hub = gateway::Hub::new(
+        raft.clone(),
+        config.clone(),
+        verifier.clone(),
+        audit.clone(),
+    );
+    let hub_tasks = hub.start(stopped.clone());
+    let app = api::router(api::AppState {
+        raft: raft.clone(),
+        verifier,
+        public_key_pem: public_key_pem.into(),
+        config: config.clone(),
+        metrics,
+        minter,
+        hub,
+        audit,
+    });
+    let mut http_stopped = stopped.clone();
+    let http = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = http_stopped.wait_for(|s| *s).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+    let expiry = tokio::spawn(expire_loop(
+        raft.clone(),
+        Duration::from_millis(config.raft.expire_interval_ms),
+        stopped,
+    ));
+    tracing::info!(id = config.id, %http_addr, "node serving");
+    Ok(NodeHandle {
+        http_addr,
+        raft,
+        stop,
+        tasks: [http, expiry].into_iter().chain(hub_tasks).collect(),
+    })
+}
+
+/// On the leader, periodically proposes the deterministic expiry cleanup when something is
+/// due. The cut-off instant travels in the log, so every node drops the same entries.
+async fn expire_loop(
+    raft: Arc<RaftNode>,
+    every: Duration,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        let is_leader = {
+            let m = raft.raft().metrics();
+            let m = m.borrow();
+            m.current_leader == Some(m.id)
+        };
+        let now = auth::unix_now().as_millis() as u64;
+        let due = raft.view().read().next_expiry().is_some_and(|at| at <= now);
+        if is_leader && due {
+            match raft.write(Command::Expire { now }, every).await {
+                Ok(r) => tracing::info!(result = ?r, "expired revocations dropped"),
+                Err(e) => tracing::warn!(error = %e, "expiry cleanup failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,548 @@
+//! One Raft member: storage, QUIC endpoint, openraft, and the operations the gateway needs
+//! (write anywhere, linearizable barrier, membership), each routed to the leader.
+
+use crate::network::{CallError, NetworkFactory, Peers};
+use crate::rpc::{ForwardError, Reply, Request};
+use crate::server;
+use crate::tls::{TlsError, TlsIdentity};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, LogId, SnapshotPolicy};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tether_store::{Command, NodeId, NodeInfo, Raft, Response, StateView};
+use tokio::time::Instant;
+
+/// Raft timing and log compaction.
+#[derive(Clone, Debug)]
+pub struct RaftTiming {
+    /// Leader heartbeat period; also the append-entries RPC timeout.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the randomized election timeout.
+    pub election_min_ms: u64,
+    /// Upper bound of the randomized election timeout.
+    pub election_max_ms: u64,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_logs: u64,
+    /// Keep this many entries below a snapshot, so a briefly lagging peer needs no snapshot.
+    pub keep_logs: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 50,
+            election_min_ms: 150,
+            election_max_ms: 300,
+            snapshot_logs: 10_000,
+            keep_logs: 1_000,
+        }
+    }
+}
+
+/// What a Raft member needs to start.
+#[derive(Clone, Debug)]
+pub struct RaftNodeConfig {
+    /// This node's id.
+    pub id: NodeId,
+    /// The UDP address the QUIC endpoint binds.
+    pub listen: SocketAddr,
+    /// The cluster CA and this node's certificate.
+    pub tls: TlsIdentity,
+    /// Where RocksDB keeps the log and state.
+    pub data_dir: PathBuf,
+    /// Sync the WAL on every log append (S3). Off only for measuring its cost.
+    pub fsync: bool,
+    /// Timing.
+    pub timing: RaftTiming,
+}
+
+/// Why a Raft operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftNodeError {
+    /// The store could not open.
+    #[error("store: {0}")]
+    Store(#[from] tether_store::StoreError),
+    /// The TLS material is unusable.
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
+    /// The endpoint could not bind.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// openraft refused to start or failed fatally.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// No leader or no quorum answered in time: the cluster cannot decide now.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The request was refused as invalid (for example a bad membership change).
+    #[error("invalid: {0}")]
+    Invalid(String),
+}
+
+/// What both the local API and the QUIC server act on.
+/// Handles a signaling message from another node and returns the answer.
+pub type SignalHandler =
+    Arc<dyn Fn(NodeId, Vec<u8>) -> futures::future::BoxFuture<'static, Vec<u8>> + Send + Sync>;
+
+pub(crate) struct Shared {
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft,
+    batcher: crate::batch::Batcher,
+    pub(crate) signal_handler: std::sync::OnceLock<SignalHandler>,
+}
+
+impl Shared {
+    pub(crate) async fn write_as_leader(&self, command: Command) -> Result<Response, ForwardError> {
+        self.batcher.write(command).await
+    }
+
+    pub(crate) async fn read_index_as_leader(&self) -> Result<Option<LogId<NodeId>>, ForwardError> {
+        match self.raft.get_read_log_id().await {
+            Ok((read_log_id, _applied)) => Ok(read_log_id),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(ForwardError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(e) => Err(ForwardError::Unavailable(e.to_string())),
+        }
+    }
+
+    pub(crate) async fn add_member_as_leader(
+        &self,
+        id: NodeId,
+        node: NodeInfo,
+        timeout: Duration,
+    ) -> Result<(), ForwardError> {
+        let added = self
+            .raft
+            .add_learner(id, node, false)
+            .await
+            .map_err(client_write_error)?;
+        // openraft's own "blocking" add counts a learner within `replication_lag_threshold`
+        // entries as caught up, even one never reached; wait for a real acknowledgement of
+        // the entry that added it.
+        let target = added.log_id.index;
+        self.raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).cloned().flatten())
+                        .is_some_and(|matched| matched.index >= target)
+                },
+                "new learner caught up",
+            )
+            .await
+            .map_err(|_| {
+                ForwardError::Unavailable(format!(
+                    "node {id} did not catch up within {timeout:?}; it stays a learner until removed"
+                ))
+            })?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(client_write_error)?;
+        Ok(())
+    }
+
+    pub(crate) async fn remove_member_as_leader(&self, id: NodeId) -> Result<(), ForwardError> {
+        let is_voter = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id);
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(client_write_error)?;
+        Ok(())
+    }
+}
+
+fn client_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> ForwardError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ForwardError::NotLeader {
+            leader: f.leader_id,
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ForwardError::Invalid(e.to_string())
+        }
+        RaftError::Fatal(e) => ForwardError::Unavailable(e.to_string()),
+    }
+}
+
+/// A running Raft member.
+pub struct RaftNode {
+    shared: Arc<Shared>,
+    events: tokio::sync::broadcast::Sender<tether_store::SessionEvent>,
+    peers: Arc<Peers>,
+    view: StateView,
+    endpoint: quinn::Endpoint,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl RaftNode {
+    /// Opens the store, binds the QUIC endpoint and starts openraft.
+    pub async fn start(config: RaftNodeConfig) -> Result<Self, RaftNodeError> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let (log_store, state_machine) = tether_store::open(&config.data_dir, config.fsync)?;
+        let view = state_machine.view();
+        let events = state_machine.events();
+
+        let mut endpoint = quinn::Endpoint::server(config.tls.server_config()?, config.listen)?;
+        endpoint.set_default_client_config(config.tls.client_config()?);
+        let peers = Arc::new(Peers::new(config.id, endpoint.clone()));
+
+        let t = &config.timing;
+        let raft_config = openraft::Config {
+            cluster_name: "tether".into(),
+            heartbeat_interval: t.heartbeat_ms,
+            election_timeout_min: t.election_min_ms,
+            election_timeout_max: t.election_max_ms,
+            install_snapshot_timeout: 2_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_logs),
+            max_in_snapshot_log_to_keep: t.keep_logs,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| RaftNodeError::Raft(e.to_string()))?;
+        let factory = NetworkFactory {
+            peers: peers.clone(),
+        };
+        let raft = Raft::new(
+            config.id,
+            Arc::new(raft_config),
+            factory,
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| RaftNodeError::Raft(e.to_string()))?;
+        let batcher = crate::batch::Batcher::start(raft.clone(), client_write_error);
+        let shared = Arc::new(Shared {
+            id: config.id,
+            raft,
+            batcher,
+            signal_handler: std::sync::OnceLock::new(),
+        });
+        let server = tokio::spawn(server::serve(endpoint.clone(), shared.clone()));
+        tracing::info!(id = config.id, listen = %endpoint.local_addr()?, "raft node started");
+        Ok(Self {
+            shared,
+            events,
+            peers,
+            view,
+            endpoint,
+            server,
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.shared.id
+    }
+
+    /// The openraft handle, for metrics and waits.
+    pub fn raft(&self) -> &Raft {
+        &self.shared.raft
+    }
+
+    /// The applied revocation state.
+    pub fn view(&self) -> &StateView {
+        &self.view
+    }
+
+    /// Installs the handler for signaling messages from other nodes (once).
+    pub fn set_signal_handler(&self, handler: SignalHandler) {
+        let _ = self.shared.signal_handler.set(handler);
+    }
+
+    /// Sends a signaling message to node `to` over the shared QUIC connection and returns
+    /// its answer.
+    pub async fn signal(
+        &self,
+        to: NodeId,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RaftNodeError> {
+        let node = self
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&to)
+            .cloned()
+            .ok_or_else(|| RaftNodeError::Invalid(format!("node {to} is not a member")))?;
+        let request = Request::Signal {
+            from: self.id(),
+            payload,
+        };
+        match self
+            .peers
+            .call(to, &node.raft_addr, &request, timeout)
+            .await
+        {
+            Ok(Reply::Signal(answer)) => Ok(answer),
+            Ok(other) => Err(RaftNodeError::Unavailable(format!(
+                "unexpected reply {other:?}"
+            ))),
+            Err(e) => Err(RaftNodeError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Ids of every other member.
+    pub fn other_members(&self) -> Vec<NodeId> {
+        let id = self.id();
+        self.raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(n, _)| *n)
+            .filter(|n| *n != id)
+            .collect()
+    }
+
+    /// Session starts and ends as this node applies them.
+    pub fn session_events(&self) -> tokio::sync::broadcast::Receiver<tether_store::SessionEvent> {
+        self.events.subscribe()
+    }
+
+    /// The bound QUIC address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Forms the cluster from a member list every node is given alike: only the member with
+    /// the lowest id initializes, and only if this node has never been initialized. Returns
+    /// whether this call initialized the cluster.
+    pub async fn bootstrap(
+        &self,
+        members: BTreeMap<NodeId, NodeInfo>,
+    ) -> Result<bool, RaftNodeError> {
+        let raft = self.raft();
+        if members.keys().next() != Some(&self.id())
+            || raft
+                .is_initialized()
+                .await
+                .map_err(|e| RaftNodeError::Raft(e.to_string()))?
+        {
+            return Ok(false);
+        }
+        match raft.initialize(members).await {
+            Ok(()) => {
+                tracing::info!(id = self.id(), "cluster initialized");
+                Ok(true)
+            }
+            Err(RaftError::APIError(e)) => {
+                tracing::info!(error = %e, "cluster already initialized");
+                Ok(false)
+            }
+            Err(e) => Err(RaftNodeError::Raft(e.to_string())),
+        }
+    }
+
+    /// Commits a command through the leader, wherever it is, and returns the applied
+    /// response. Retries across leader changes until `timeout`: commands are idempotent, so
+    /// a retry after an unknown outcome is safe.
+    pub async fn write(
+        &self,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<Response, RaftNodeError> {
+        let shared = self.shared.clone();
+        let remote_command = command.clone();
+        self.route(
+            timeout,
+            || Request::Write(remote_command.clone()),
+            |reply| match reply {
+                Reply::Write(r) => Some(r),
+                _ => None,
+            },
+            move || {
+                let shared = shared.clone();
+                let command = command.clone();
+                async move { shared.write_as_leader(command).await }
+            },
+        )
+        .await
+    }
+
+    /// Returns once this node has applied everything committed before the call, as confirmed
+    /// by a leader in contact with a quorum (S2). A node cut off from the quorum gets
+    /// [`RaftNodeError::Unavailable`] and must fail closed.
+    pub async fn read_barrier(&self, timeout: Duration) -> Result<(), RaftNodeError> {
+        let deadline = Instant::now() + timeout;
+        let shared = self.shared.clone();
+        let read_log_id = self
+            .route(
+                timeout,
+                || Request::ReadIndex,
+                |reply| match reply {
+                    Reply::ReadIndex(r) => Some(r),
+                    _ => None,
+                },
+                move || {
+                    let shared = shared.clone();
+                    async move { shared.read_index_as_leader().await }
+                },
+            )
+            .await?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        self.raft()
+            .wait(Some(remaining))
+            .applied_index_at_least(read_log_id.map(|l| l.index), "read barrier")
+            .await
+            .map_err(|e| {
+                RaftNodeError::Unavailable(format!("applying up to the read index: {e}"))
+            })?;
+        Ok(())
+    }
+
+    /// Adds a voter (as a learner first, until it has caught up).
+    pub async fn add_member(
+        &self,
+        id: NodeId,
+        node: NodeInfo,
+        timeout: Duration,
+    ) -> Result<(), RaftNodeError> {
+        let shared = self.shared.clone();
+        let remote_node = node.clone();
+        // Leave the leader a little of the caller's time to answer.
+        let catch_up = timeout.mul_f64(0.9);
+        self.route(
+            timeout,
+            || Request::AddMember {
+                id,
+                node: remote_node.clone(),
+                timeout_ms: catch_up.as_millis() as u64,
+            },
+            |reply| match reply {
+                Reply::Membership(r) => Some(r),
+                _ => None,
+            },
+            move || {
+                let shared = shared.clone();
+                let node = node.clone();
+                async move { shared.add_member_as_leader(id, node, catch_up).await }
+            },
+        )
+        .await
+    }
+
+    /// Removes a voter.
+    pub async fn remove_member(&self, id: NodeId, timeout: Duration) -> Result<(), RaftNodeError> {
+        let shared = self.shared.clone();
+        self.route(
+            timeout,
+            || Request::RemoveMember { id },
+            |reply| match reply {
+                Reply::Membership(r) => Some(r),
+                _ => None,
+            },
+            move || {
+                let shared = shared.clone();
+                async move { shared.remove_member_as_leader(id).await }
+            },
+        )
+        .await
+    }
+
+    /// Runs `local` if this node leads, else sends `request()` to the leader; follows
+    /// leader changes until `timeout`.
+    async fn route<T, F, Fut>(
+        &self,
+        timeout: Duration,
+        request: impl Fn() -> Request,
+        extract: impl Fn(Reply) -> Option<Result<T, ForwardError>>,
+        local: F,
+    ) -> Result<T, RaftNodeError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ForwardError>>,
+    {
+        let deadline = Instant::now() + timeout;
+        let mut last_error = String::from("no leader");
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(RaftNodeError::Unavailable(last_error));
+            }
+            let metrics = match self
+                .raft()
+                .wait(Some(remaining))
+                .metrics(|m| m.current_leader.is_some(), "a known leader")
+                .await
+            {
+                Ok(m) => m,
+                Err(_) => return Err(RaftNodeError::Unavailable("no leader".into())),
+            };
+            let Some(leader) = metrics.current_leader else {
+                continue;
+            };
+            let outcome = if leader == self.id() {
+                tokio::time::timeout(remaining, local())
+                    .await
+                    .unwrap_or_else(|_| Err(ForwardError::Unavailable("timed out".into())))
+            } else {
+                let Some(node) = metrics.membership_config.membership().get_node(&leader) else {
+                    return Err(RaftNodeError::Unavailable(format!(
+                        "leader {leader} has no address"
+                    )));
+                };
+                let request = request();
+                let call = self
+                    .peers
+                    .call(leader, &node.raft_addr, &request, remaining);
+                // A dead leader's connection only fails at the QUIC idle timeout; stop
+                // waiting as soon as this node learns of another leader (or an election).
+                let waiter = self.raft().wait(Some(remaining));
+                let leader_changed =
+                    waiter.metrics(|m| m.current_leader != Some(leader), "leader change");
+                tokio::select! {
+                    reply = call => match reply {
+                        Ok(reply) => extract(reply).unwrap_or_else(|| {
+                            Err(ForwardError::Unavailable("unexpected reply from leader".into()))
+                        }),
+                        Err(e @ (CallError::Unreachable(..) | CallError::Network(..) | CallError::Timeout(_))) => {
+                            Err(ForwardError::Unavailable(e.to_string()))
+                        }
+                    },
+                    _ = leader_changed => Err(ForwardError::NotLeader { leader: None }),
+                }
+            };
+            match outcome {
+                Ok(value) => return Ok(value),
+                Err(ForwardError::Invalid(msg)) => return Err(RaftNodeError::Invalid(msg)),
+                Err(e) => {
+                    last_error = e.to_string();
+                    // A leader change is under way or the leader is unreachable; give the
+                    // election a moment before asking again.
+                    tokio::time::sleep(Duration::from_millis(10).min(remaining)).await;
+                }
+            }
+        }
+    }
+
+    /// Stops openraft and closes the endpoint.
+    pub async fn shutdown(&self) {
+        let _ = self.raft().shutdown().await;
+        self.endpoint.close(0u32.into(), b"shutdown");
+        self.server.abort();
+    }
+}

@@ -1,0 +1,494 @@
+//! The cluster fixture: real `tether node` processes on loopback, each with its own temp
+//! directory and free ports, condition-based waits, faults as methods, teardown on drop.
+//! Shared by the end-to-end tests here and the chaos suite.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tether_node::api::ClusterView;
+use tether_node::auth::Role;
+use tether_node::client::Client;
+use tether_node::config::NodeConfig;
+use tether_node::dev::{self, Isolation, NodeProcess, Secrets};
+
+pub use tether_node;
+
+pub mod webdriver;
+
+/// How long a wait may take before a test fails; generous, because CI is a shared 2-core box.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The `tether` binary under test: `TETHER_BIN`, else beside the test executable's directory
+/// (`target/<profile>/tether`, built by the test command before the tests run).
+pub fn tether_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("TETHER_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join("tether");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build --release --bin tether`) or set TETHER_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// Polls `check` until it yields `Some`, or panics with `what` after `timeout`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A cluster of node processes.
+pub struct TestCluster {
+    /// The cluster directory (keys, configs, data, logs); removed on drop.
+    pub dir: tempfile::TempDir,
+    /// The node processes, in id order (index = id - 1).
+    pub nodes: Vec<NodeProcess>,
+    /// An admin token.
+    pub admin_token: String,
+    /// The cluster's secrets.
+    pub secrets: Secrets,
+    bin: PathBuf,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes with default configs and waits for a leader.
+    pub async fn start(n: u64) -> Self {
+        Self::start_with(n, |_| {}).await
+    }
+
+    /// Starts `n` nodes after letting `tweak` edit each config.
+    pub async fn start_with(n: u64, tweak: impl Fn(&mut NodeConfig)) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("tether-test-")
+            .tempdir()
+            .expect("temp dir");
+        let configs = dev::generate(dir.path(), n).expect("generating the cluster");
+        for mut config in configs {
+            tweak(&mut config);
+            dev::save_config(&dev::config_path(dir.path(), config.id), &config)
+                .expect("saving config");
+        }
+        let secrets = Secrets::open(dir.path()).expect("secrets");
+        let admin_token = secrets
+            .mint("test-admin", Role::Admin, Duration::from_secs(3600))
+            .expect("admin token");
+        let bin = tether_bin();
+        let nodes = (1..=n)
+            .map(|id| {
+                NodeProcess::spawn(&bin, &dev::config_path(dir.path(), id)).expect("spawning node")
+            })
+            .collect();
+        let cluster = Self {
+            dir,
+            nodes,
+            admin_token,
+            secrets,
+            bin,
+        };
+        cluster.leader().await;
+        cluster
+    }
+
+    /// The `tether` binary this cluster runs.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// Node `id`'s process.
+    pub fn node(&self, id: u64) -> &NodeProcess {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .expect("no such node")
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut NodeProcess {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .expect("no such node")
+    }
+
+    /// An admin client for node `id`.
+    pub fn client(&self, id: u64) -> Client {
+        self.client_with(id, &self.admin_token)
+    }
+
+    /// A client for node `id` with any token.
+    pub fn client_with(&self, id: u64, token: &str) -> Client {
+        Client::new(&self.node(id).http.to_string(), token)
+    }
+
+    /// Waits until every running node agrees on a leader and returns it.
+    pub async fn leader(&self) -> u64 {
+        dev::wait_for_leader(&self.nodes, &self.admin_token, WAIT)
+            .await
+            .expect("a leader")
+    }
+
+    /// A running node that is not the leader.
+    pub async fn follower(&self) -> u64 {
+        let leader = self.leader().await;
+        self.nodes
+            .iter()
+            .find(|n| n.id != leader && n.is_running())
+            .expect("a running follower")
+            .id
+    }
+
+    /// Ids of the running nodes.
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// `kill -9` node `id`.
+    pub fn kill(&mut self, id: u64) {
+        self.node_mut(id).kill();
+    }
+
+    /// Restarts node `id` from its config and data.
+    pub fn restart(&mut self, id: u64) {
+        let bin = self.bin.clone();
+        self.node_mut(id).start(&bin).expect("restarting node");
+    }
+
+    /// Adds a process for a new node (already configured) to the fixture.
+    pub fn adopt(&mut self, config_path: &Path) -> u64 {
+        let p = NodeProcess::spawn(&self.bin, config_path).expect("spawning node");
+        let id = p.id;
+        self.nodes.push(p);
+        id
+    }
+
+    /// Waits until node `id`'s cluster view satisfies `check`.
+    pub async fn wait_view(
+        &self,
+        id: u64,
+        what: &str,
+        check: impl Fn(&ClusterView) -> bool,
+    ) -> ClusterView {
+        let client = self.client(id);
+        wait_until(what, WAIT, || {
+            let client = client.clone();
+            let check = &check;
+            async move { client.cluster().await.ok().filter(|v| check(v)) }
+        })
+        .await
+    }
+
+    /// The log file of node `id`.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.node(id).config_path.with_file_name("node.log"))
+            .unwrap_or_default()
+    }
+}
+
+/// A signaling WebSocket client for tests.
+pub struct SignalClient {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+/// What a [`SignalClient`] saw next.
+#[derive(Debug, PartialEq)]
+pub enum Seen {
+    /// A JSON text frame.
+    Frame(serde_json::Value),
+    /// A close frame with its code.
+    Closed(u16),
+}
+
+impl SignalClient {
+    /// Connects to `/v1/signal` on `http` (host:port).
+    pub async fn connect(http: std::net::SocketAddr) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}/v1/signal"))
+            .await
+            .expect("websocket connect");
+        Self { ws }
+    }
+
+    /// Connects and authenticates; panics unless `auth_ok` comes back.
+    pub async fn authed(http: std::net::SocketAddr, token: &str) -> Self {
+        let mut c = Self::connect(http).await;
+        c.send(serde_json::json!({"type": "auth", "token": token}))
+            .await;
+        c.expect("auth_ok").await;
+        c
+    }
+
+    /// Sends a JSON frame.
+    pub async fn send(&mut self, frame: serde_json::Value) {
+        self.send_text(frame.to_string()).await;
+    }
+
+    /// Sends raw text.
+    pub async fn send_text(&mut self, text: String) {
+        use futures::SinkExt;
+        let _ = self
+            .ws
+            .send(tokio_tungstenite::tungstenite::Message::Text(text.into()))
+            .await;
+    }
+
+    /// The next frame or close, within [`WAIT`].
+    pub async fn next(&mut self) -> Seen {
+        self.next_before(tokio::time::Instant::now() + WAIT).await
+    }
+
+    async fn next_before(&mut self, deadline: tokio::time::Instant) -> Seen {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("timed out waiting for a signaling frame");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    return Seen::Frame(serde_json::from_str(&t).expect("server frames are JSON"))
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Seen::Closed(frame.map(|f| u16::from(f.code)).unwrap_or(1005))
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Seen::Closed(1006),
+            }
+        }
+    }
+
+    /// The next frame, which must have `type` = `kind`; returns it.
+    /// Lease renewals arrive on their own schedule and are skipped unless asked for.
+    pub async fn expect(&mut self, kind: &str) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match self.next_before(deadline).await {
+                Seen::Frame(f) if f["type"] == kind => return f,
+                Seen::Frame(f) if f["type"] == "lease" => continue,
+                other => panic!("expected a {kind} frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame must be an `error` with this code.
+    pub async fn expect_error(&mut self, code: &str) {
+        let f = self.expect("error").await;
+        assert_eq!(f["code"], code, "{f}");
+    }
+
+    /// How many `lease` frames arrive within `window` (other frames are skipped).
+    pub async fn leases_within(&mut self, window: Duration) -> usize {
+        let mut leases = 0;
+        let _ = tokio::time::timeout(window, async {
+            loop {
+                match self.next().await {
+                    Seen::Frame(f) if f["type"] == "lease" => leases += 1,
+                    Seen::Closed(_) => break,
+                    Seen::Frame(_) => {}
+                }
+            }
+        })
+        .await;
+        leases
+    }
+
+    /// Skips frames until the connection closes; returns the close code.
+    pub async fn closed(&mut self) -> u16 {
+        loop {
+            if let Seen::Closed(code) = self.next().await {
+                return code;
+            }
+        }
+    }
+}
+
+impl TestCluster {
+    /// A token for `sub` with `role`, valid for an hour.
+    pub fn token(&self, sub: &str, role: Role) -> String {
+        self.secrets
+            .mint(sub, role, Duration::from_secs(3600))
+            .expect("minting a token")
+    }
+
+    /// Creates a session for `operator` on `robot` through node `id`; returns the JSON body.
+    pub async fn create_session(&self, id: u64, operator: &str, robot: &str) -> serde_json::Value {
+        let response = reqwest::Client::new()
+            .post(format!("http://{}/v1/sessions", self.node(id).http))
+            .bearer_auth(self.token(operator, Role::Operator))
+            .json(&serde_json::json!({ "robot_id": robot }))
+            .send()
+            .await
+            .expect("POST /v1/sessions");
+        assert_eq!(response.status(), 200, "creating a session");
+        response.json().await.expect("session JSON")
+    }
+}
+
+impl TestCluster {
+    /// Cuts node `id` off from every other node (needs root and iptables, which `./x test`
+    /// installs).
+    pub fn isolate(&self, id: u64) -> Isolation {
+        let port = self.node(id).raft.port();
+        dev::drop_ports("udp", &[port], &format!("{id}")).expect("iptables (root needed)")
+    }
+
+    /// Cuts every client off from every node's HTTP and WebSocket port: a robot agent then
+    /// hears no gateway at all, while WebRTC between console and robot goes on.
+    pub fn cut_gateways(&self) -> Isolation {
+        let ports: Vec<u16> = self.nodes.iter().map(|n| n.http.port()).collect();
+        dev::drop_ports("tcp", &ports, "gateways").expect("iptables (root needed)")
+    }
+}
+
+/// A process's events file (`--events`): JSON lines with `t_ms` and `event`.
+pub struct EventsFile {
+    /// Where it is.
+    pub path: PathBuf,
+}
+
+impl EventsFile {
+    /// Every event written so far.
+    pub fn read(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits for the first event named `event` for which `matches` holds; returns it.
+    pub async fn wait(
+        &self,
+        event: &str,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_until(
+            &format!("event {event} in {}", self.path.display()),
+            WAIT,
+            || {
+                let found = self
+                    .read()
+                    .into_iter()
+                    .find(|e| e["event"] == event && matches(e));
+                async move { found }
+            },
+        )
+        .await
+    }
+}
+
+/// A `tether agent` process for one simulated robot; killed on drop.
+pub struct AgentProcess {
+    /// Its events.
+    pub events: EventsFile,
+    /// The process.
+    pub process: dev::ChildProcess,
+}
+
+impl TestCluster {
+    /// Starts a robot agent for `robot` against the nodes `gateways` (in failover order)
+    /// and waits until it is connected.
+    pub async fn agent(&self, robot: &str, gateways: &[u64]) -> AgentProcess {
+        let token = self.token(robot, Role::Robot);
+        let addrs: Vec<_> = gateways.iter().map(|id| self.node(*id).http).collect();
+        let events = EventsFile {
+            path: self.dir.path().join(format!("{robot}-events.jsonl")),
+        };
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("{robot}.log"))).expect("agent log");
+        let mut command = dev::agent_command(&self.bin, &addrs, robot, &token, Some(&events.path));
+        command.stdout(log.try_clone().expect("log")).stderr(log);
+        let process = dev::ChildProcess::spawn(command).expect("spawning the agent");
+        events.wait("gateway_connected", |_| true).await;
+        AgentProcess { events, process }
+    }
+
+    /// Starts `tether console` as `operator` for `robot` through node `id`, with `extra`
+    /// arguments.
+    pub fn console(&self, id: u64, operator: &str, robot: &str, extra: &[&str]) -> ConsoleProcess {
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let events = EventsFile {
+            path: self.dir.path().join(format!("console-{n}-events.jsonl")),
+        };
+        let stdout = self.dir.path().join(format!("console-{n}.out"));
+        let mut command = std::process::Command::new(&self.bin);
+        command
+            .arg("console")
+            .arg("--gateway")
+            .arg(format!("http://{}", self.node(id).http))
+            .arg("--robot-id")
+            .arg(robot)
+            .arg("--events")
+            .arg(&events.path)
+            .args(extra)
+            .env(
+                "TETHER_OPERATOR_TOKEN",
+                self.token(operator, Role::Operator),
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("console stdout"))
+            .stderr(std::fs::File::create(stdout.with_extension("err")).expect("console stderr"));
+        let process = dev::ChildProcess::spawn(command).expect("spawning the console");
+        ConsoleProcess {
+            events,
+            stdout,
+            process,
+        }
+    }
+}
+
+/// A `tether console` process; killed on drop.
+pub struct ConsoleProcess {
+    /// Its events.
+    pub events: EventsFile,
+    /// Its standard output, as a file.
+    pub stdout: PathBuf,
+    /// The process.
+    pub process: dev::ChildProcess,
+}
+
+impl ConsoleProcess {
+    /// The id of the session it created.
+    pub async fn session_id(&self) -> String {
+        let e = self.events.wait("session_created", |_| true).await;
+        e["session_id"].as_str().expect("session id").to_owned()
+    }
+
+    /// Waits for it to exit; returns its exit code and what it printed.
+    pub async fn exit(&mut self) -> (i32, String) {
+        let process = &mut self.process;
+        let code = wait_until("the console to exit", WAIT, || {
+            let code = process.try_wait().map(|s| s.code().unwrap_or(-1));
+            async move { code }
+        })
+        .await;
+        let out = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+        (code, out)
+    }
+}
