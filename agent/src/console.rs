@@ -195,68 +195,50 @@ async fn end_session(options: &ConsoleOptions, session_id: &str) {
     }
 }
 
-/// Runs the console: `on_session` hears the session id as soon as it exists.
+/// Runs the console: `on_session` hears the session id as soon as it exists. A lost
+/// connection (signaling or WebRTC) is re-established with a fresh offer, and the new
+/// `session` channel authenticates again; a revoked session is not rejoined anywhere.
 pub async fn run(
     options: ConsoleOptions,
     on_session: impl FnOnce(&CreatedSession),
 ) -> Result<Outcome, ConsoleError> {
-    let session =
+    let mut session =
         create_session(&options.gateway, &options.operator_token, &options.robot_id).await?;
     on_session(&session);
     options.events.now(
         "session_created",
         json!({ "session_id": session.session_id }),
     );
-    let (signal_tx, mut signal_rx) = signal::connect(&options.gateway, &session.token).await?;
-    signal_tx.send(json!({"type": "join", "session_id": session.session_id}));
-    // Wait until admitted and the robot is in the room.
-    let deadline = tokio::time::Instant::now() + PEER_TIMEOUT;
-    loop {
-        let frame = match tokio::time::timeout_at(deadline, signal_rx.next()).await {
-            Err(_) => return Err(ConsoleError::Peer("the robot did not join in time".into())),
-            Ok(Incoming::Closed(code)) => return Err(signal::SignalError::Closed(code).into()),
-            Ok(Incoming::Frame(f)) => f,
-        };
-        match frame["type"].as_str().unwrap_or_default() {
-            "joined" if frame["peer_present"] == true => break,
-            "peer_joined" => break,
-            "error" => {
-                return Err(ConsoleError::Refused {
-                    code: frame["code"].as_str().unwrap_or("?").into(),
-                    message: frame["message"].as_str().unwrap_or("").into(),
-                })
-            }
-            kind @ ("revoked" | "terminated") => {
-                return Ok(ended(kind, &frame));
-            }
-            _ => {}
-        }
-    }
-    options
-        .events
-        .now("connected", json!({ "session_id": session.session_id }));
-
-    let (events_tx, mut events) = mpsc::unbounded_channel();
     let frames = Arc::new(AtomicU64::new(0));
-    let pc = crate::peer::build(
-        options.rtc_ip,
-        Arc::new(ConsoleHandler {
-            events: events_tx.clone(),
-            frames: frames.clone(),
-        }),
-    )
-    .await?;
-    let outcome = drive(
-        &options,
-        &session,
-        &pc,
-        &signal_tx,
-        &mut signal_rx,
-        events_tx,
-        &mut events,
-    )
-    .await;
-    let _ = pc.close().await;
+    // Sequence numbers run on across reconnects: the robot drops any it has seen.
+    let mut seq = 0u64;
+    let mut losses = 0;
+    let outcome = loop {
+        match connect_and_drive(&options, &session, &frames, &mut seq).await {
+            Ok(Attempt::Over(outcome)) => break Ok(outcome),
+            Ok(Attempt::Lost(why)) => {
+                losses += 1;
+                tracing::warn!(%why, losses, "connection lost; reconnecting");
+                options.events.now(
+                    "reconnecting",
+                    json!({ "session_id": session.session_id, "reason": why, "attempt": losses }),
+                );
+                if losses > MAX_RECONNECTS {
+                    break Err(ConsoleError::Peer(format!(
+                        "gave up after {losses} lost connections: {why}"
+                    )));
+                }
+                tokio::time::sleep(RECONNECT_PAUSE).await;
+                // The session token may be near its end; a fresh one carries on.
+                match refresh_token(&options, &session.session_id).await {
+                    Ok(Some(token)) => session.token = token,
+                    Ok(None) => {}
+                    Err(ended) => break Ok(ended),
+                }
+            }
+            Err(e) => break Err(e),
+        }
+    };
     let frames = frames.load(Ordering::Relaxed);
     if matches!(outcome, Ok(Outcome::Finished)) {
         end_session(&options, &session.session_id).await;
@@ -270,6 +252,123 @@ pub async fn run(
     outcome
 }
 
+/// Reconnects at most this many times in a row before giving up.
+const MAX_RECONNECTS: u32 = 20;
+/// Pause between a lost connection and the next attempt.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+/// How long a fresh WebRTC connection may take to connect before it counts as lost.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How one connection attempt ended.
+enum Attempt {
+    /// The session is over (or the run is).
+    Over(Outcome),
+    /// The connection was lost; try again.
+    Lost(String),
+}
+
+/// `POST /v1/sessions/{sid}/refresh`: a fresh token, `Err` when the session has ended,
+/// `None` when the gateway could not be asked (the old token is kept).
+async fn refresh_token(
+    options: &ConsoleOptions,
+    session_id: &str,
+) -> Result<Option<String>, Outcome> {
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/sessions/{session_id}/refresh",
+            http_url(&options.gateway)
+        ))
+        .bearer_auth(&options.operator_token)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    let Ok(response) = response else {
+        return Ok(None);
+    };
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or_default();
+    match (status.as_u16(), body["code"].as_str()) {
+        (200, _) => Ok(body["token"].as_str().map(str::to_owned)),
+        (409, _) => Err(Outcome::Terminated(
+            body["message"].as_str().unwrap_or("session ended").into(),
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// One attempt: signaling, join, wait for the robot, then WebRTC until the end or a loss.
+async fn connect_and_drive(
+    options: &ConsoleOptions,
+    session: &CreatedSession,
+    frames: &Arc<AtomicU64>,
+    seq: &mut u64,
+) -> Result<Attempt, ConsoleError> {
+    let (signal_tx, mut signal_rx) = match signal::connect(&options.gateway, &session.token).await {
+        Ok(halves) => halves,
+        Err(signal::SignalError::Refused(why)) => {
+            return Err(signal::SignalError::Refused(why).into())
+        }
+        Err(e) => return Ok(Attempt::Lost(e.to_string())),
+    };
+    signal_tx.send(json!({"type": "join", "session_id": session.session_id}));
+    // Wait until admitted and the robot is in the room.
+    let deadline = tokio::time::Instant::now() + PEER_TIMEOUT;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, signal_rx.next()).await {
+            Err(_) => return Ok(Attempt::Lost("the robot did not join in time".into())),
+            Ok(Incoming::Closed(code)) => {
+                return Ok(Attempt::Lost(format!("signaling closed ({code})")))
+            }
+            Ok(Incoming::Frame(f)) => f,
+        };
+        match frame["type"].as_str().unwrap_or_default() {
+            "joined" if frame["peer_present"] == true => break,
+            "peer_joined" => break,
+            "error" => {
+                let message = frame["message"].as_str().unwrap_or("").to_owned();
+                return match frame["code"].as_str().unwrap_or("?") {
+                    "session_revoked" => Ok(Attempt::Over(Outcome::Revoked(message))),
+                    "session_terminated" => Ok(Attempt::Over(Outcome::Terminated(message))),
+                    "unavailable" => Ok(Attempt::Lost(message)),
+                    code => Err(ConsoleError::Refused {
+                        code: code.into(),
+                        message,
+                    }),
+                };
+            }
+            kind @ ("revoked" | "terminated") => {
+                return Ok(Attempt::Over(ended(kind, &frame)));
+            }
+            _ => {}
+        }
+    }
+    options
+        .events
+        .now("connected", json!({ "session_id": session.session_id }));
+
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let pc = crate::peer::build(
+        options.rtc_ip,
+        Arc::new(ConsoleHandler {
+            events: events_tx.clone(),
+            frames: frames.clone(),
+        }),
+    )
+    .await?;
+    let result = drive(
+        options,
+        session,
+        &pc,
+        (&signal_tx, &mut signal_rx),
+        events_tx,
+        &mut events,
+        seq,
+    )
+    .await;
+    let _ = pc.close().await;
+    result
+}
+
 fn ended(kind: &str, frame: &Value) -> Outcome {
     let reason = frame["reason"].as_str().unwrap_or_default().to_owned();
     if kind == "revoked" {
@@ -280,16 +379,15 @@ fn ended(kind: &str, frame: &Value) -> Outcome {
 }
 
 /// Negotiates, authenticates and drives until the session ends.
-#[allow(clippy::too_many_arguments)]
 async fn drive(
     options: &ConsoleOptions,
     session: &CreatedSession,
     pc: &Arc<dyn PeerConnection>,
-    signal_tx: &SignalSender,
-    signal_rx: &mut signal::SignalReceiver,
+    (signal_tx, signal_rx): (&SignalSender, &mut signal::SignalReceiver),
     events_tx: mpsc::UnboundedSender<Event>,
     events: &mut mpsc::UnboundedReceiver<Event>,
-) -> Result<Outcome, ConsoleError> {
+    seq: &mut u64,
+) -> Result<Attempt, ConsoleError> {
     let control = pc
         .create_data_channel(
             CONTROL_CHANNEL,
@@ -327,7 +425,8 @@ async fn drive(
     let stop_at = options.duration.map(|d| tokio::time::Instant::now() + d);
     let mut ticker = tokio::time::interval(CONTROL_PERIOD);
     let mut authenticated = false;
-    let mut seq = 0u64;
+    let mut connected = false;
+    let connect_by = tokio::time::Instant::now() + CONNECT_TIMEOUT;
     let mut remote_set = false;
     let mut early_candidates: Vec<RTCIceCandidateInit> = Vec::new();
     let mut signal_open = true;
@@ -360,7 +459,7 @@ async fn drive(
                         options.events.now(kind, json!({
                             "session_id": session.session_id, "reason": frame["reason"], "via": "signaling"
                         }));
-                        return Ok(ended(kind, &frame));
+                        return Ok(Attempt::Over(ended(kind, &frame)));
                     }
                     "error" => tracing::warn!(%frame, "gateway error"),
                     _ => {}
@@ -385,42 +484,51 @@ async fn drive(
                     options.events.now("auth_denied", json!({
                         "session_id": session.session_id, "reason": reason
                     }));
-                    return Ok(Outcome::AuthDenied(reason));
+                    return Ok(Attempt::Over(Outcome::AuthDenied(reason)));
                 }
                 Some(Event::Session(SessionMessage::Revoked { reason, .. })) => {
                     options.events.now("revoked", json!({
                         "session_id": session.session_id, "reason": reason, "via": "robot"
                     }));
-                    return Ok(Outcome::Revoked(reason));
+                    return Ok(Attempt::Over(Outcome::Revoked(reason)));
                 }
                 Some(Event::Session(SessionMessage::Terminated { reason, .. })) => {
                     options.events.now("terminated", json!({
                         "session_id": session.session_id, "reason": reason, "via": "robot"
                     }));
-                    return Ok(Outcome::Terminated(reason));
+                    return Ok(Attempt::Over(Outcome::Terminated(reason)));
                 }
                 Some(Event::Session(_)) => {}
                 Some(Event::FirstFrame) => {
                     options.events.now("video_frame", json!({ "session_id": session.session_id }));
                 }
                 Some(Event::SessionClosed) => authenticated = false,
-                Some(Event::State(RTCPeerConnectionState::Failed)) => {
-                    return Err(ConsoleError::Peer("the WebRTC connection failed".into()));
+                Some(Event::State(RTCPeerConnectionState::Connected)) => connected = true,
+                // Disconnected comes after a few seconds of silence; waiting for Failed
+                // (about 30 s) would leave the operator blind that long.
+                Some(Event::State(
+                    state @ (RTCPeerConnectionState::Disconnected | RTCPeerConnectionState::Failed),
+                )) => {
+                    return Ok(Attempt::Lost(format!("WebRTC {state}")));
                 }
                 Some(Event::State(_)) | Some(Event::Gathered) => {}
-                None => return Err(ConsoleError::Peer("the WebRTC connection went away".into())),
+                None => return Ok(Attempt::Lost("the WebRTC connection went away".into())),
             },
             _ = ticker.tick() => {
-                if stop_at.is_some_and(|at| tokio::time::Instant::now() >= at) {
-                    return Ok(Outcome::Finished);
+                let now = tokio::time::Instant::now();
+                if stop_at.is_some_and(|at| now >= at) {
+                    return Ok(Attempt::Over(Outcome::Finished));
+                }
+                if !connected && now >= connect_by {
+                    return Ok(Attempt::Lost("WebRTC did not connect in time".into()));
                 }
                 if authenticated {
-                    seq += 1;
-                    let command = json!({"seq": seq, "linear": options.linear, "angular": options.angular});
+                    *seq += 1;
+                    let command = json!({"seq": *seq, "linear": options.linear, "angular": options.angular});
                     let _ = control.send_text(&command.to_string()).await;
                 }
             }
-            _ = tokio::signal::ctrl_c() => return Ok(Outcome::Finished),
+            _ = tokio::signal::ctrl_c() => return Ok(Attempt::Over(Outcome::Finished)),
         }
     }
 }

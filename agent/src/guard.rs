@@ -144,14 +144,18 @@ impl SafetyGuard {
         self.input(|c, now| c.assign(session_id, now))
     }
 
-    /// See [`SafetyCore::authenticate`].
-    pub fn authenticate(&self, verified: Result<Credentials, DenyReason>) -> Vec<Effect> {
-        self.input(|c, now| c.authenticate(verified, now))
+    /// See [`SafetyCore::authenticate_on`].
+    pub fn authenticate(
+        &self,
+        channel: u64,
+        verified: Result<Credentials, DenyReason>,
+    ) -> Vec<Effect> {
+        self.input(|c, now| c.authenticate_on(channel, verified, now))
     }
 
-    /// See [`SafetyCore::channel_closed`].
-    pub fn channel_closed(&self) -> Vec<Effect> {
-        self.input(|c, now| c.channel_closed(now))
+    /// See [`SafetyCore::channel_closed_on`].
+    pub fn channel_closed(&self, channel: u64) -> Vec<Effect> {
+        self.input(|c, now| c.channel_closed_on(Some(channel), now))
     }
 
     /// See [`SafetyCore::lease`].
@@ -238,7 +242,7 @@ mod tests {
             EventLog::disabled(),
         );
         guard.assign("ses_1");
-        guard.authenticate(Ok(creds()));
+        guard.authenticate(1, Ok(creds()));
         guard.lease("ses_1", Duration::from_secs(10));
         guard.control(Command {
             seq: 1,

@@ -257,7 +257,7 @@ impl Agent {
                         }
                         Some(PeerCommand::Notify(message)) => {
                             let dc = session_channel.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                            if let Some(dc) = dc {
+                            if let Some((_, dc)) = dc {
                                 let _ = dc.send_text(&message.render()).await;
                             }
                         }
@@ -283,8 +283,14 @@ impl Agent {
         }
         let _ = pc.close().await;
         // A closed PeerConnection never reports its channels closing: count it as closed.
-        let effects = self.guard.channel_closed();
-        self.carry_out(&effects);
+        let channel = session_channel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((id, _)) = channel {
+            let effects = self.guard.channel_closed(id);
+            self.carry_out(&effects);
+        }
         self.options
             .events
             .now("peer_closed", json!({ "session_id": session_id }));
@@ -320,7 +326,11 @@ enum PcEvent {
     State(RTCPeerConnectionState),
 }
 
-type SessionSlot = Arc<Mutex<Option<Arc<dyn DataChannel>>>>;
+/// The peer's `session` channel, with the id the safety core knows it by.
+type SessionSlot = Arc<Mutex<Option<(u64, Arc<dyn DataChannel>)>>>;
+
+/// Ids for `session` channels, unique in this process.
+static NEXT_CHANNEL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 struct RobotHandler {
     agent: Arc<Agent>,
@@ -380,7 +390,8 @@ async fn serve_session_channel(
     slot: SessionSlot,
     session_id: String,
 ) {
-    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(dc.clone());
+    let channel = NEXT_CHANNEL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((channel, dc.clone()));
     let telemetry = tokio::spawn(send_telemetry(agent.clone(), dc.clone()));
     while let Some(event) = dc.poll().await {
         match event {
@@ -391,7 +402,7 @@ async fn serve_session_channel(
                 };
                 match message {
                     SessionMessage::Auth { token } => {
-                        let effects = agent.guard.authenticate(agent.check.check(&token));
+                        let effects = agent.guard.authenticate(channel, agent.check.check(&token));
                         for effect in effects {
                             let reply = match effect {
                                 Effect::AuthOk { session_id } => {
@@ -416,9 +427,11 @@ async fn serve_session_channel(
         }
     }
     telemetry.abort();
-    *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    slot.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take_if(|(id, _)| *id == channel);
     tracing::info!(%session_id, "session channel closed");
-    let effects = agent.guard.channel_closed();
+    let effects = agent.guard.channel_closed(channel);
     agent.carry_out(&effects);
 }
 

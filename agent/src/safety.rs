@@ -144,6 +144,8 @@ impl Default for SafetyConfig {
 struct Current {
     id: String,
     auth: Option<Credentials>,
+    /// Which `session` channel authenticated (a caller-chosen id; 0 when unnamed).
+    auth_channel: u64,
     ended: Option<StopCause>,
     lease_until: Option<Instant>,
     last_command_at: Option<Instant>,
@@ -232,6 +234,7 @@ impl SafetyCore {
         self.current = Some(Current {
             id: session_id.to_owned(),
             auth: None,
+            auth_channel: 0,
             ended,
             lease_until: None,
             last_command_at: None,
@@ -244,6 +247,17 @@ impl SafetyCore {
     /// the signature and expiry check done by the caller.
     pub fn authenticate(
         &mut self,
+        verified: Result<Credentials, DenyReason>,
+        now: Instant,
+    ) -> Vec<Effect> {
+        self.authenticate_on(0, verified, now)
+    }
+
+    /// [`Self::authenticate`] on the channel the caller names `channel`, so that only that
+    /// channel's closing revokes the authentication (an older channel closing late does not).
+    pub fn authenticate_on(
+        &mut self,
+        channel: u64,
         verified: Result<Credentials, DenyReason>,
         _now: Instant,
     ) -> Vec<Effect> {
@@ -273,17 +287,24 @@ impl SafetyCore {
             return denied(DenyReason::Revoked);
         }
         current.auth = Some(creds);
+        current.auth_channel = channel;
         vec![Effect::AuthOk {
             session_id: current.id.clone(),
         }]
     }
 
     /// The `session` channel closed: the next one must authenticate again.
-    pub fn channel_closed(&mut self, _now: Instant) -> Vec<Effect> {
+    pub fn channel_closed(&mut self, now: Instant) -> Vec<Effect> {
+        self.channel_closed_on(None, now)
+    }
+
+    /// The `session` channel named `channel` closed (`None`: whichever it was). A channel
+    /// other than the authenticated one changes nothing.
+    pub fn channel_closed_on(&mut self, channel: Option<u64>, _now: Instant) -> Vec<Effect> {
         let Some(current) = self.current.as_mut() else {
             return Vec::new();
         };
-        if current.auth.take().is_none() {
+        if channel.is_some_and(|c| c != current.auth_channel) || current.auth.take().is_none() {
             return Vec::new();
         }
         self.stop(StopCause::PeerClosed)
@@ -605,6 +626,18 @@ mod tests {
         core.assign("ses_2", ms(21));
         assert!(deny(&mut core, creds("ses_2", "jti-1")));
         assert!(!deny(&mut core, creds("ses_2", "jti-2")));
+    }
+
+    #[test]
+    fn an_old_channel_closing_late_does_not_unauthenticate_the_new_one() {
+        let (mut core, _) = SafetyCore::boot(SafetyConfig::default());
+        core.assign(SID, ms(0));
+        core.authenticate_on(1, Ok(creds(SID, "j")), ms(0));
+        core.authenticate_on(2, Ok(creds(SID, "j")), ms(1));
+        assert!(core.channel_closed_on(Some(1), ms(2)).is_empty());
+        assert!(core.authenticated());
+        core.channel_closed_on(Some(2), ms(3));
+        assert!(!core.authenticated());
     }
 
     #[test]

@@ -355,6 +355,12 @@ impl TestCluster {
         dev::drop_ports("udp", &[port], &format!("{id}")).expect("iptables (root needed)")
     }
 
+    /// Cuts WebRTC to and from a robot whose media binds `addr` (`--rtc-ip`): a transient
+    /// network loss between console and robot, with signaling untouched.
+    pub fn cut_media(&self, addr: std::net::IpAddr) -> Isolation {
+        dev::drop_address("udp", addr, "media").expect("iptables (root needed)")
+    }
+
     /// Cuts every client off from every node's HTTP and WebSocket port: a robot agent then
     /// hears no gateway at all, while WebRTC between console and robot goes on.
     pub fn cut_gateways(&self) -> Isolation {
@@ -412,6 +418,11 @@ impl TestCluster {
     /// Starts a robot agent for `robot` against the nodes `gateways` (in failover order)
     /// and waits until it is connected.
     pub async fn agent(&self, robot: &str, gateways: &[u64]) -> AgentProcess {
+        self.agent_with(robot, gateways, &[]).await
+    }
+
+    /// [`Self::agent`] with `extra` arguments.
+    pub async fn agent_with(&self, robot: &str, gateways: &[u64], extra: &[&str]) -> AgentProcess {
         let token = self.token(robot, Role::Robot);
         let addrs: Vec<_> = gateways.iter().map(|id| self.node(*id).http).collect();
         let events = EventsFile {
@@ -420,7 +431,10 @@ impl TestCluster {
         let log =
             std::fs::File::create(self.dir.path().join(format!("{robot}.log"))).expect("agent log");
         let mut command = dev::agent_command(&self.bin, &addrs, robot, &token, Some(&events.path));
-        command.stdout(log.try_clone().expect("log")).stderr(log);
+        command
+            .args(extra)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
         let process = dev::ChildProcess::spawn(command).expect("spawning the agent");
         events.wait("gateway_connected", |_| true).await;
         AgentProcess { events, process }

@@ -155,3 +155,52 @@ async fn the_robot_refuses_a_revoked_session_token_on_a_new_channel() {
     assert_eq!(code, 5, "{out}");
     assert!(out.contains("auth denied by the robot: revoked"), "{out}");
 }
+
+#[tokio::test]
+async fn after_a_transient_network_loss_the_console_reconnects_and_authenticates_again() {
+    let cluster = TestCluster::start(3).await;
+    // The robot's media alone lives on 127.0.0.2, so it can be cut without touching signaling.
+    let robot = cluster
+        .agent_with("robot-n", &[1], &["--rtc-ip", "127.0.0.2"])
+        .await;
+    let mut console = cluster.console(2, "alice", "robot-n", &[]);
+    let sid = console.session_id().await;
+    robot
+        .events
+        .wait("command_applied", |e| e["seq"].as_u64() >= Some(3))
+        .await;
+    let cut = cluster.cut_media("127.0.0.2".parse().unwrap());
+    // The robot stops on its own; the console notices and starts over.
+    robot
+        .events
+        .wait("safe_stop", |e| e["cause"] == "control_loss")
+        .await;
+    console.events.wait("reconnecting", |_| true).await;
+    cut.heal();
+    // A new PeerConnection, a new `session` channel, a second auth, and the robot drives.
+    let second_auth = tether_tests::wait_until("a second auth_ok", tether_tests::WAIT, || {
+        let auths: Vec<Value> = robot
+            .events
+            .read()
+            .into_iter()
+            .filter(|e| e["event"] == "auth_ok" && e["session_id"] == sid.as_str())
+            .collect();
+        async move { auths.get(1).cloned() }
+    })
+    .await;
+    robot
+        .events
+        .wait("armed", |e| t_ms(e) > t_ms(&second_auth))
+        .await;
+    robot
+        .events
+        .wait("command_applied", |e| t_ms(e) > t_ms(&second_auth))
+        .await;
+    // After a revoke, reconnecting is refused: the console ends with the revoked code.
+    cluster
+        .client(1)
+        .revoke(&Target::Session(sid.clone()), "end of shift", None)
+        .await
+        .expect("revoking");
+    assert_eq!(console.exit().await.0, 3);
+}
