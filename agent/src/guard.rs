@@ -70,10 +70,8 @@ impl Inner {
                         json!({ "session_id": session_id, "reason": reason.as_str() }),
                     );
                 }
-                Effect::ClosePeer { session_id } => {
-                    self.events
-                        .record(now, "peer_closed", json!({ "session_id": session_id }));
-                }
+                // The network side closes the PeerConnection and records `peer_closed`.
+                Effect::ClosePeer { .. } => {}
             }
         }
         effects

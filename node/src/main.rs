@@ -409,7 +409,7 @@ fn events_log(path: Option<&Path>) -> Result<tether_agent::events::EventLog> {
 }
 
 async fn run_agent(args: AgentArgs) -> Result<()> {
-    tether_node::telemetry::init_logging("info,webrtc=warn,rtc=warn");
+    tether_node::telemetry::init_logging("info,webrtc=error,rtc=error");
     let public_key = fetch_token_key(&args.gateway).await?;
     let verifier = tether_node::auth::Verifier::from_pem(public_key.as_bytes())?;
     let claims = verifier
@@ -464,7 +464,7 @@ async fn fetch_token_key(gateways: &[String]) -> Result<String> {
 }
 
 async fn run_console(args: ConsoleArgs) -> Result<()> {
-    tether_node::telemetry::init_logging("warn");
+    tether_node::telemetry::init_logging("warn,rtc=error,webrtc=error");
     let options = tether_agent::console::ConsoleOptions {
         gateway: args.gateway,
         operator_token: args.token,

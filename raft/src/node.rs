@@ -34,8 +34,10 @@ impl Default for RaftTiming {
     fn default() -> Self {
         Self {
             heartbeat_ms: 50,
-            election_min_ms: 150,
-            election_max_ms: 300,
+            // A follower waits openraft's leader lease (= election_max_ms) and then its own
+            // election timeout before it stands: failover ≈ max + rand(min, max).
+            election_min_ms: 120,
+            election_max_ms: 200,
             snapshot_logs: 10_000,
             keep_logs: 1_000,
         }
