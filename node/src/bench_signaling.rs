@@ -26,6 +26,9 @@ pub struct SignalingBenchArgs {
     /// Trials for the join and revoke measurements.
     #[arg(long, default_value_t = 200)]
     pub trials: usize,
+    /// Idle authenticated connections held open on one node at once (0 skips).
+    #[arg(long, default_value_t = 10_000)]
+    pub connections: usize,
     /// Lease lifetime on the nodes (every robot gets a lease each quarter of it).
     #[arg(long, default_value_t = 1000)]
     pub lease_ttl_ms: u64,
@@ -58,10 +61,86 @@ pub struct SignalingReport {
     pub revoke_posted_to_close_frame: Latency,
     /// Concurrent sessions in the relay runs.
     pub sessions: usize,
+    /// Many connections on one node.
+    pub many: Option<ManyConnections>,
+}
+
+/// `connections` authenticated sockets held open on one node.
+#[derive(Serialize, Debug)]
+pub struct ManyConnections {
+    /// Sockets opened and authenticated.
+    pub connections: usize,
+    /// How long opening and authenticating all of them took, seconds.
+    pub open_seconds: f64,
+    /// The node's resident memory before, MiB.
+    pub rss_before_mib: f64,
+    /// And with every socket open, MiB.
+    pub rss_after_mib: f64,
+    /// Ping round trips on a sample of the sockets while all are open.
+    pub ping: Latency,
+}
+
+/// A process's resident memory in MiB, from /proc.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Opens `n` robot connections on node 1 (64 at a time), then pings a sample of them.
+async fn many_connections(cluster: &BenchCluster, n: usize) -> Result<ManyConnections> {
+    let node = &cluster.procs[0];
+    let pid = node.pid().context("node 1 is running")?;
+    let rss_before_mib = rss_mib(pid);
+    let started = Instant::now();
+    let mut sockets = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
+        let opening: Vec<_> = chunk
+            .iter()
+            .map(|i| {
+                let token = cluster.secrets.mint(
+                    &format!("bench-idle-{i}"),
+                    Role::Robot,
+                    Duration::from_secs(3600),
+                );
+                let http = node.http;
+                async move { connect(http, &token?).await }
+            })
+            .collect();
+        for ws in futures::future::join_all(opening).await {
+            sockets.push(ws?);
+        }
+    }
+    let open_seconds = started.elapsed().as_secs_f64();
+    let rss_after_mib = rss_mib(pid);
+    let mut ping = histogram();
+    let step = (n / 1000).max(1);
+    for ws in sockets.iter_mut().step_by(step) {
+        let t = Instant::now();
+        send(ws, json!({"type": "ping"})).await?;
+        expect(ws, "pong").await?;
+        ping.record(t.elapsed().as_micros() as u64)?;
+    }
+    Ok(ManyConnections {
+        connections: sockets.len(),
+        open_seconds,
+        rss_before_mib,
+        rss_after_mib,
+        ping: Latency::from(&ping),
+    })
 }
 
 async fn connect(http: SocketAddr, token: &str) -> Result<Ws> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}/v1/signal")).await?;
+    // Nagle off, as on the node: small frames must not wait for the previous one's ACK.
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_with_config(format!("ws://{http}/v1/signal"), None, true)
+            .await?;
     send(&mut ws, json!({"type": "auth", "token": token})).await?;
     expect(&mut ws, "auth_ok").await?;
     Ok(ws)
@@ -318,6 +397,14 @@ pub async fn signaling(args: SignalingBenchArgs) -> Result<()> {
         Latency::from(&revoke)
     );
 
+    let many = if args.connections > 0 {
+        let m = many_connections(&cluster, args.connections).await?;
+        eprintln!("bench: many connections {m:?}");
+        Some(m)
+    } else {
+        None
+    };
+
     let report = SignalingReport {
         when: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         join_denial_round_trip: Latency::from(&denial),
@@ -328,6 +415,7 @@ pub async fn signaling(args: SignalingBenchArgs) -> Result<()> {
         revoke_to_close_frame: Latency::from(&revoke),
         revoke_posted_to_close_frame: Latency::from(&posted_to_frame),
         sessions: args.sessions,
+        many,
     };
     if let Some(parent) = args.json.parent() {
         std::fs::create_dir_all(parent)?;
@@ -387,5 +475,18 @@ fn markdown(r: &SignalingReport) -> String {
         "\nServer-side join denial decided within 50 µs (node histogram): {:.1}% of denials.\n",
         r.join_denial_server_within_50us * 100.0
     );
+    if let Some(m) = &r.many {
+        s += &format!(
+            "\n{} idle authenticated connections on one node (target 10,000): opened in {:.1} s; node memory {:.0} → {:.0} MiB ({:.1} KiB per connection); ping round trip on {} of them meanwhile p50 {} / p99 {} ms.\n",
+            m.connections,
+            m.open_seconds,
+            m.rss_before_mib,
+            m.rss_after_mib,
+            (m.rss_after_mib - m.rss_before_mib) * 1024.0 / m.connections.max(1) as f64,
+            m.ping.count,
+            ms(m.ping.p50_us),
+            ms(m.ping.p99_us)
+        );
+    }
     s
 }

@@ -337,6 +337,19 @@ impl Drop for ChildProcess {
     }
 }
 
+/// This machine's address on its default route (no packet is sent), or loopback when it
+/// has none. `tether dev` binds the robot's WebRTC there: an ordinary browser ignores
+/// loopback ICE candidates, so a robot on 127.0.0.1 could not be reached from it.
+pub fn outbound_ip() -> std::net::IpAddr {
+    let local = UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").map(|()| s))
+        .and_then(|s| s.local_addr());
+    match local {
+        Ok(addr) if !addr.ip().is_unspecified() => addr.ip(),
+        _ => std::net::Ipv4Addr::LOCALHOST.into(),
+    }
+}
+
 /// `tether agent` for `robot_id` against `gateways`, writing events to `events`.
 pub fn agent_command(
     bin: &Path,

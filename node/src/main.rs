@@ -567,10 +567,15 @@ async fn dev_cluster(n: u64, dir: &Path, fresh: bool) -> Result<()> {
         &robot_token,
         Some(&dir.join("agent-events.jsonl")),
     );
-    agent.stdout(agent_log.try_clone()?).stderr(agent_log);
+    let rtc_ip = dev::outbound_ip();
+    agent
+        .arg("--rtc-ip")
+        .arg(rtc_ip.to_string())
+        .stdout(agent_log.try_clone()?)
+        .stderr(agent_log);
     let _agent = dev::ChildProcess::spawn(agent)?;
     println!(
-        "  robot agent {DEV_ROBOT} (simulated; log {})",
+        "  robot agent {DEV_ROBOT} (simulated; WebRTC on {rtc_ip}; log {})",
         dir.join("agent.log").display()
     );
     println!();

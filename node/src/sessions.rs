@@ -235,7 +235,10 @@ pub async fn list(
     Ok(Json(serde_json::json!({ "items": items })))
 }
 
-/// `GET /v1/signal`: the signaling WebSocket.
+/// Per-connection WebSocket read and write buffer size.
+const WS_BUFFER_BYTES: usize = 8 * 1024;
+
+/// `GET /v1/signal`: upgrades to a signaling WebSocket.
 pub async fn signal(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
     if !state.hub.has_room_for_one_more() {
         return ApiError::new(
@@ -246,7 +249,11 @@ pub async fn signal(State(state): State<AppState>, ws: WebSocketUpgrade) -> Resp
         .into_response();
     }
     let hub = state.hub.clone();
-    ws.max_message_size(tether_signaling::protocol::MAX_FRAME_BYTES)
+    // Signaling frames are small: 8 KiB buffers instead of tungstenite's 128 KiB ones keep
+    // 10,000 idle connections in tens of MiB rather than a gigabyte.
+    ws.read_buffer_size(WS_BUFFER_BYTES)
+        .write_buffer_size(WS_BUFFER_BYTES)
+        .max_message_size(tether_signaling::protocol::MAX_FRAME_BYTES)
         .max_frame_size(tether_signaling::protocol::MAX_FRAME_BYTES)
         .on_upgrade(move |socket| hub.serve(socket))
 }

@@ -80,7 +80,7 @@ async fn killing_the_console_stops_the_robot_on_control_loss() {
     let gap = t_ms(&stop) - last_command;
     // The timeout is 300 ms; the watchdog fires at the deadline, within a small margin.
     assert!(
-        (300.0..400.0).contains(&gap),
+        (300.0..450.0).contains(&gap),
         "control loss stopped the robot {gap} ms after its last command"
     );
 }
