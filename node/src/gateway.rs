@@ -45,6 +45,8 @@ const RELAY_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 enum Outbound {
     Frame(ServerFrame),
+    /// A relayed frame and when it reached this node, to time the relay up to the socket.
+    Relayed(ServerFrame, Instant, &'static str),
     Close(u16, String),
 }
 
@@ -204,6 +206,14 @@ impl Hub {
                         sink.send(Message::Text(protocol::render(&frame).into()))
                             .await
                     }
+                    Outbound::Relayed(frame, received, path) => {
+                        let sent = sink
+                            .send(Message::Text(protocol::render(&frame).into()))
+                            .await;
+                        metrics::histogram!("tether_relay_seconds", "path" => path)
+                            .record(received.elapsed().as_secs_f64());
+                        sent
+                    }
                     Outbound::Close(code, reason) => {
                         let _ = sink
                             .send(Message::Close(Some(CloseFrame {
@@ -334,6 +344,7 @@ impl Hub {
         // No per-frame check for teardown: every handler looks the connection up, and a
         // torn-down one is found nowhere (its writer is gone too).
         while let Some(text) = next_text(stream).await {
+            let received = Instant::now();
             if !bucket.take(now_ms()) {
                 strikes += 1;
                 metrics::counter!("tether_signal_rate_limited_total").increment(1);
@@ -348,7 +359,7 @@ impl Hub {
                 continue;
             }
             match protocol::parse(&text) {
-                Ok(frame) => self.on_frame(conn, frame, tx).await,
+                Ok(frame) => self.on_frame(conn, frame, received, tx).await,
                 Err(e) => {
                     let _ = tx.send(Outbound::Frame(e.to_frame()));
                 }
@@ -360,6 +371,7 @@ impl Hub {
         &self,
         conn: ConnId,
         frame: ClientFrame,
+        received: Instant,
         tx: &mpsc::UnboundedSender<Outbound>,
     ) {
         let reply = |f: ServerFrame| {
@@ -377,8 +389,14 @@ impl Hub {
                     self.announce_left(left).await;
                 }
             }
-            ClientFrame::Offer { sdp } => self.relay(conn, RelayFrame::Offer { sdp }, tx).await,
-            ClientFrame::Answer { sdp } => self.relay(conn, RelayFrame::Answer { sdp }, tx).await,
+            ClientFrame::Offer { sdp } => {
+                self.relay(conn, RelayFrame::Offer { sdp }, received, tx)
+                    .await
+            }
+            ClientFrame::Answer { sdp } => {
+                self.relay(conn, RelayFrame::Answer { sdp }, received, tx)
+                    .await
+            }
             ClientFrame::Candidate {
                 candidate,
                 sdp_mid,
@@ -391,6 +409,7 @@ impl Hub {
                         sdp_mid,
                         sdp_mline_index,
                     },
+                    received,
                     tx,
                 )
                 .await
@@ -531,7 +550,13 @@ impl Hub {
         }
     }
 
-    async fn relay(&self, conn: ConnId, frame: RelayFrame, tx: &mpsc::UnboundedSender<Outbound>) {
+    async fn relay(
+        &self,
+        conn: ConnId,
+        frame: RelayFrame,
+        received: Instant,
+        tx: &mpsc::UnboundedSender<Outbound>,
+    ) {
         let target = self
             .state()
             .rooms
@@ -550,7 +575,12 @@ impl Hub {
                     "the other peer is not connected",
                 )));
             }
-            Some((_, _, Some(Location::Local(other)))) => self.send(other, frame.into()),
+            Some((_, _, Some(Location::Local(other)))) => {
+                if let Some(c) = self.state().conns.get(&other) {
+                    let _ =
+                        c.tx.send(Outbound::Relayed(frame.into(), received, "local"));
+                }
+            }
             Some((session_id, side, Some(Location::Remote(node)))) => {
                 let message = NodeSignal::Relay {
                     session_id,
@@ -616,6 +646,7 @@ impl Hub {
     }
 
     fn on_node_signal(&self, from: NodeId, payload: &[u8]) -> Vec<u8> {
+        let arrived = Instant::now();
         let answer = match serde_json::from_slice::<NodeSignal>(payload) {
             Ok(NodeSignal::Presence {
                 session_id,
@@ -673,7 +704,10 @@ impl Hub {
                     .rooms
                     .local(&session_id, to)
                     .and_then(|c| st.conns.get(&c))
-                    .is_some_and(|c| c.tx.send(Outbound::Frame(frame.into())).is_ok());
+                    .is_some_and(|c| {
+                        c.tx.send(Outbound::Relayed(frame.into(), arrived, "from_peer_node"))
+                            .is_ok()
+                    });
                 SignalAnswer {
                     present: vec![],
                     delivered,

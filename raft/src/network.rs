@@ -95,6 +95,26 @@ impl Peers {
         Ok(conn)
     }
 
+    /// Drops the cached connection to `target` if it is still `stale` (in-flight calls on
+    /// it finish or time out on their own).
+    async fn forget(&self, target: NodeId, stale: &quinn::Connection) {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&target)
+            .cloned();
+        if let Some(slot) = slot {
+            let mut guard = slot.conn.lock().await;
+            if guard
+                .as_ref()
+                .is_some_and(|c| c.stable_id() == stale.stable_id())
+            {
+                *guard = None;
+            }
+        }
+    }
+
     /// Sends one request to a peer and waits for its reply.
     pub async fn call(
         &self,
@@ -103,8 +123,10 @@ impl Peers {
         request: &Request,
         timeout: Duration,
     ) -> Result<Reply, CallError> {
+        let mut used = None;
         let result = tokio::time::timeout(timeout, async {
             let conn = self.connection(target, addr).await?;
+            used = Some(conn.clone());
             let (mut send, mut recv) = conn
                 .open_bi()
                 .await
@@ -118,6 +140,12 @@ impl Peers {
         })
         .await
         .unwrap_or(Err(CallError::Timeout(target)));
+        if let (Err(_), Some(conn)) = (&result, used) {
+            // A connection to a peer's previous incarnation (killed and restarted on the same
+            // address) never answers, and QUIC would only notice at its idle timeout: make
+            // the next call connect afresh.
+            self.forget(target, &conn).await;
+        }
         if let Err(e) = &result {
             let kind = match e {
                 CallError::Unreachable(..) => "unreachable",
