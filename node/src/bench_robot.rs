@@ -320,11 +320,8 @@ fn markdown(r: &RobotReport) -> String {
             ms(l.max_us)
         )
     };
-    let mut s = String::from("## Robot safe-stop (`tether bench robot`)\n\n");
-    s += &format!(
-        "{}. Robot agent as its own process on node 1, consoles in the bench process over real WebRTC through node 2, revokes through node 3; times from the agent's events file (CLOCK_MONOTONIC).\n\n",
-        r.when
-    );
+    let mut s = format!("### Robot safe-stop (`tether bench robot`, {})\n\n", r.when);
+    s += "Robot agent as its own process on node 1, consoles in the bench process over real WebRTC through node 2, revokes through node 3; times from the agent's events file (CLOCK_MONOTONIC).\n\n";
     s +=
         "| measurement | trials | p50 ms | p99 ms | max ms | target |\n|---|---|---|---|---|---|\n";
     s += &row(
