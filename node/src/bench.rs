@@ -2,6 +2,7 @@
 //! writes JSON plus a section of `docs/benchmarks.md`.
 
 use crate::auth::Role;
+use crate::bench_etcd::{EtcdCluster, EtcdSideBySide, Put};
 use crate::client::{Client, Target};
 use crate::dev::{self, NodeProcess, Secrets};
 use anyhow::{Context, Result};
@@ -37,6 +38,9 @@ pub struct RaftBenchArgs {
     /// Skip the leader-kill measurement.
     #[arg(long)]
     pub no_failover: bool,
+    /// An etcd binary to measure side by side (Debian's `etcd-server`); skipped if absent.
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    pub etcd: Option<PathBuf>,
     /// Where the markdown table goes (its `raft` section is replaced).
     #[arg(long, default_value = "docs/benchmarks.md")]
     pub markdown: PathBuf,
@@ -97,6 +101,8 @@ pub struct RaftBenchReport {
     pub throughput: Vec<ThroughputRun>,
     /// Leader `kill -9` → next revocation committed, in ms, per trial.
     pub failover_ms: Vec<u64>,
+    /// etcd measured the same way in the same run, when its binary is installed.
+    pub etcd: Option<EtcdSideBySide>,
 }
 
 pub fn histogram() -> Histogram<u64> {
@@ -180,7 +186,8 @@ pub async fn raft(args: RaftBenchArgs) -> Result<()> {
             .await?;
     }
 
-    let commit_one_client = sequential(&client, args.requests, &next_id).await?;
+    let tether = TetherPut(client.clone());
+    let commit_one_client = sequential(&tether, args.requests, &next_id).await?;
     eprintln!("bench: one client via a follower {commit_one_client:?}");
     let leader_http = procs
         .iter()
@@ -188,13 +195,14 @@ pub async fn raft(args: RaftBenchArgs) -> Result<()> {
         .context("leader")?
         .http;
     let leader_client = Client::new(&leader_http.to_string(), &token);
-    let commit_one_client_leader = sequential(&leader_client, args.requests, &next_id).await?;
+    let commit_one_client_leader =
+        sequential(&TetherPut(leader_client), args.requests, &next_id).await?;
     eprintln!("bench: one client at the leader {commit_one_client_leader:?}");
 
     let mut throughput = Vec::new();
     for &clients in &args.clients {
         let run = throughput_run(
-            &client,
+            &tether,
             clients,
             Duration::from_secs(args.seconds),
             &next_id,
@@ -206,6 +214,32 @@ pub async fn raft(args: RaftBenchArgs) -> Result<()> {
         );
         throughput.push(run);
     }
+
+    let etcd = match (&args.etcd, args.no_fsync) {
+        (Some(bin), false) if bin.exists() => {
+            let dir = tempfile::Builder::new()
+                .prefix("tether-bench-etcd-")
+                .tempdir()?;
+            let cluster = EtcdCluster::start(bin, dir.path()).await?;
+            let target = &cluster.follower;
+            for _ in 0..300 {
+                target.put(next_id()).await?;
+            }
+            let one_client = sequential(target, args.requests, &next_id).await?;
+            let clients = args.clients.iter().copied().max().unwrap_or(1);
+            let run =
+                throughput_run(target, clients, Duration::from_secs(args.seconds), &next_id).await;
+            let side = EtcdSideBySide {
+                one_client,
+                concurrent_per_second: run.per_second,
+                concurrent_latency: run.latency,
+                clients,
+            };
+            eprintln!("bench: etcd {side:?}");
+            Some(side)
+        }
+        _ => None,
+    };
 
     let trials = if args.no_failover { 0 } else { args.failovers };
     let failover_ms = failovers(&mut procs, &bin, &token, trials, &next_id).await?;
@@ -223,6 +257,7 @@ pub async fn raft(args: RaftBenchArgs) -> Result<()> {
         commit_one_client_leader,
         throughput,
         failover_ms,
+        etcd,
     };
     if let Some(parent) = args.json.parent() {
         std::fs::create_dir_all(parent)?;
@@ -235,24 +270,33 @@ pub async fn raft(args: RaftBenchArgs) -> Result<()> {
     Ok(())
 }
 
-async fn sequential(
-    client: &Client,
+/// Tether as a [`Put`] target: a session revocation per key.
+#[derive(Clone)]
+struct TetherPut(Client);
+
+impl Put for TetherPut {
+    async fn put(&self, key: String) -> Result<()> {
+        self.0.revoke(&Target::Session(key), "bench", None).await?;
+        Ok(())
+    }
+}
+
+async fn sequential<P: Put>(
+    target: &P,
     requests: u64,
     next_id: &impl Fn() -> String,
 ) -> Result<Latency> {
     let mut h = histogram();
     for _ in 0..requests {
         let started = Instant::now();
-        client
-            .revoke(&Target::Session(next_id()), "bench", None)
-            .await?;
+        target.put(next_id()).await?;
         h.record(started.elapsed().as_micros() as u64)?;
     }
     Ok(Latency::from(&h))
 }
 
-async fn throughput_run(
-    client: &Client,
+async fn throughput_run<P: Put>(
+    target: &P,
     clients: usize,
     duration: Duration,
     next_id: &(impl Fn() -> String + Clone + Send + 'static),
@@ -261,17 +305,14 @@ async fn throughput_run(
     let deadline = started + duration;
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
-            let client = client.clone();
+            let target = target.clone();
             let next_id = next_id.clone();
             tokio::spawn(async move {
                 let mut h = histogram();
                 let mut errors = 0;
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    match client
-                        .revoke(&Target::Session(next_id()), "bench", None)
-                        .await
-                    {
+                    match target.put(next_id()).await {
                         Ok(_) => {
                             let _ = h.record(t.elapsed().as_micros() as u64);
                         }
@@ -411,6 +452,25 @@ fn raft_markdown(r: &RaftBenchReport) -> String {
         f.len(),
         f.last().copied().unwrap_or(0)
     );
+    if let Some(e) = &r.etcd {
+        let tether = r
+            .throughput
+            .iter()
+            .find(|t| t.clients == e.clients)
+            .map_or(0.0, |t| t.per_second);
+        s += &format!(
+            "\netcd 3.4 (Debian's etcd-server, 3 members on loopback, fsync on), the same run, puts posted to a follower over its JSON gateway: 1 client p50 {:.2} / p99 {:.2} ms (Tether {:.2} / {:.2}); {} clients {:.0} req/s at p99 {:.2} ms. Tether / etcd throughput at {} clients: **{:.2}×**.\n",
+            e.one_client.p50_us as f64 / 1000.0,
+            e.one_client.p99_us as f64 / 1000.0,
+            r.commit_one_client.p50_us as f64 / 1000.0,
+            r.commit_one_client.p99_us as f64 / 1000.0,
+            e.clients,
+            e.concurrent_per_second,
+            e.concurrent_latency.p99_us as f64 / 1000.0,
+            e.clients,
+            tether / e.concurrent_per_second.max(1.0),
+        );
+    }
     s += "\nReference (brief, etcd 3.4 on this machine kind, 3 nodes, puts to a follower): 1 client p50 0.94 ms / p99 1.82 ms; 256 clients 6,863 req/s at p99 67 ms.\n";
     s
 }

@@ -7,6 +7,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod bench;
+pub mod bench_etcd;
 pub mod bench_robot;
 pub mod bench_signaling;
 pub mod client;
