@@ -916,14 +916,19 @@ impl Hub {
                     })
                     .collect()
             };
-            for (conn, session_id) in grants {
-                self.send(
-                    conn,
-                    ServerFrame::Lease {
-                        session_id,
-                        ttl_ms: ttl,
-                    },
-                );
+            // In slices, yielding between them: a thousand lease writes at once would queue
+            // every relay on this node behind them.
+            for slice in grants.chunks(LEASE_SLICE) {
+                for (conn, session_id) in slice {
+                    self.send(
+                        *conn,
+                        ServerFrame::Lease {
+                            session_id: session_id.clone(),
+                            ttl_ms: ttl,
+                        },
+                    );
+                }
+                tokio::task::yield_now().await;
             }
         }
     }
@@ -961,6 +966,9 @@ async fn drain_until_closed(stream: &mut futures::stream::SplitStream<WebSocket>
     };
     let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
 }
+
+/// Leases queued before the lease loop lets other tasks run.
+const LEASE_SLICE: usize = 64;
 
 /// How long a closing connection waits for the peer's close frame.
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
