@@ -210,14 +210,17 @@ pub async fn run(
         json!({ "session_id": session.session_id }),
     );
     let frames = Arc::new(AtomicU64::new(0));
-    // Sequence numbers run on across reconnects: the robot drops any it has seen.
-    let mut seq = 0u64;
+    let mut run = RunState {
+        seq: 0,
+        stop_at: options.duration.map(|d| tokio::time::Instant::now() + d),
+    };
     let mut losses = 0;
     let outcome = loop {
-        match connect_and_drive(&options, &session, &frames, &mut seq).await {
+        match connect_and_drive(&options, &session, &frames, &mut run).await {
             Ok(Attempt::Over(outcome)) => break Ok(outcome),
-            Ok(Attempt::Lost(why)) => {
-                losses += 1;
+            Ok(Attempt::Lost { why, was_live }) => {
+                // Count losses in a row: a connection that went live starts the count anew.
+                losses = if was_live { 1 } else { losses + 1 };
                 tracing::warn!(%why, losses, "connection lost; reconnecting");
                 options.events.now(
                     "reconnecting",
@@ -252,19 +255,38 @@ pub async fn run(
     outcome
 }
 
-/// Reconnects at most this many times in a row before giving up.
+/// Gives up after this many lost connections in a row (none of them went live).
 const MAX_RECONNECTS: u32 = 20;
 /// Pause between a lost connection and the next attempt.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 /// How long a fresh WebRTC connection may take to connect before it counts as lost.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What outlives a connection attempt.
+struct RunState {
+    /// The last command's sequence number: it runs on across reconnects, since the robot
+    /// drops any it has seen.
+    seq: u64,
+    /// When the run ends (`duration`, reconnects included).
+    stop_at: Option<tokio::time::Instant>,
+}
+
 /// How one connection attempt ended.
 enum Attempt {
     /// The session is over (or the run is).
     Over(Outcome),
-    /// The connection was lost; try again.
-    Lost(String),
+    /// The connection was lost (`was_live`: after WebRTC had connected); try again.
+    Lost { why: String, was_live: bool },
+}
+
+impl Attempt {
+    /// Lost before WebRTC connected.
+    fn lost(why: impl Into<String>) -> Self {
+        Attempt::Lost {
+            why: why.into(),
+            was_live: false,
+        }
+    }
 }
 
 /// `POST /v1/sessions/{sid}/refresh`: a fresh token, `Err` when the session has ended,
@@ -287,9 +309,9 @@ async fn refresh_token(
     };
     let status = response.status();
     let body: Value = response.json().await.unwrap_or_default();
-    match (status.as_u16(), body["code"].as_str()) {
-        (200, _) => Ok(body["token"].as_str().map(str::to_owned)),
-        (409, _) => Err(Outcome::Terminated(
+    match status.as_u16() {
+        200 => Ok(body["token"].as_str().map(str::to_owned)),
+        409 => Err(Outcome::Terminated(
             body["message"].as_str().unwrap_or("session ended").into(),
         )),
         _ => Ok(None),
@@ -301,23 +323,23 @@ async fn connect_and_drive(
     options: &ConsoleOptions,
     session: &CreatedSession,
     frames: &Arc<AtomicU64>,
-    seq: &mut u64,
+    run: &mut RunState,
 ) -> Result<Attempt, ConsoleError> {
     let (signal_tx, mut signal_rx) = match signal::connect(&options.gateway, &session.token).await {
         Ok(halves) => halves,
         Err(signal::SignalError::Refused(why)) => {
             return Err(signal::SignalError::Refused(why).into())
         }
-        Err(e) => return Ok(Attempt::Lost(e.to_string())),
+        Err(e) => return Ok(Attempt::lost(e.to_string())),
     };
     signal_tx.send(json!({"type": "join", "session_id": session.session_id}));
     // Wait until admitted and the robot is in the room.
     let deadline = tokio::time::Instant::now() + PEER_TIMEOUT;
     loop {
         let frame = match tokio::time::timeout_at(deadline, signal_rx.next()).await {
-            Err(_) => return Ok(Attempt::Lost("the robot did not join in time".into())),
+            Err(_) => return Ok(Attempt::lost("the robot did not join in time")),
             Ok(Incoming::Closed(code)) => {
-                return Ok(Attempt::Lost(format!("signaling closed ({code})")))
+                return Ok(Attempt::lost(format!("signaling closed ({code})")))
             }
             Ok(Incoming::Frame(f)) => f,
         };
@@ -329,7 +351,7 @@ async fn connect_and_drive(
                 return match frame["code"].as_str().unwrap_or("?") {
                     "session_revoked" => Ok(Attempt::Over(Outcome::Revoked(message))),
                     "session_terminated" => Ok(Attempt::Over(Outcome::Terminated(message))),
-                    "unavailable" => Ok(Attempt::Lost(message)),
+                    "unavailable" => Ok(Attempt::lost(message)),
                     code => Err(ConsoleError::Refused {
                         code: code.into(),
                         message,
@@ -362,7 +384,7 @@ async fn connect_and_drive(
         (&signal_tx, &mut signal_rx),
         events_tx,
         &mut events,
-        seq,
+        run,
     )
     .await;
     let _ = pc.close().await;
@@ -386,7 +408,7 @@ async fn drive(
     (signal_tx, signal_rx): (&SignalSender, &mut signal::SignalReceiver),
     events_tx: mpsc::UnboundedSender<Event>,
     events: &mut mpsc::UnboundedReceiver<Event>,
-    seq: &mut u64,
+    run: &mut RunState,
 ) -> Result<Attempt, ConsoleError> {
     let control = pc
         .create_data_channel(
@@ -422,7 +444,6 @@ async fn drive(
     signal_tx.send(json!({"type": "offer", "sdp": offer.sdp}));
 
     let auth_token = options.auth_token.as_deref().unwrap_or(&session.token);
-    let stop_at = options.duration.map(|d| tokio::time::Instant::now() + d);
     let mut ticker = tokio::time::interval(CONTROL_PERIOD);
     let mut authenticated = false;
     let mut connected = false;
@@ -509,22 +530,25 @@ async fn drive(
                 Some(Event::State(
                     state @ (RTCPeerConnectionState::Disconnected | RTCPeerConnectionState::Failed),
                 )) => {
-                    return Ok(Attempt::Lost(format!("WebRTC {state}")));
+                    return Ok(Attempt::Lost { why: format!("WebRTC {state}"), was_live: connected });
                 }
                 Some(Event::State(_)) | Some(Event::Gathered) => {}
-                None => return Ok(Attempt::Lost("the WebRTC connection went away".into())),
+                None => return Ok(Attempt::Lost {
+                    why: "the WebRTC connection went away".into(),
+                    was_live: connected,
+                }),
             },
             _ = ticker.tick() => {
                 let now = tokio::time::Instant::now();
-                if stop_at.is_some_and(|at| now >= at) {
+                if run.stop_at.is_some_and(|at| now >= at) {
                     return Ok(Attempt::Over(Outcome::Finished));
                 }
                 if !connected && now >= connect_by {
-                    return Ok(Attempt::Lost("WebRTC did not connect in time".into()));
+                    return Ok(Attempt::lost("WebRTC did not connect in time"));
                 }
                 if authenticated {
-                    *seq += 1;
-                    let command = json!({"seq": *seq, "linear": options.linear, "angular": options.angular});
+                    run.seq += 1;
+                    let command = json!({"seq": run.seq, "linear": options.linear, "angular": options.angular});
                     let _ = control.send_text(&command.to_string()).await;
                 }
             }
