@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 use std::fs::File;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,6 +67,61 @@ impl EventLog {
     }
 }
 
+/// Reads an events file as it grows (for benchmarks and tests): each call parses only the
+/// whole lines appended since the last one.
+#[derive(Debug)]
+pub struct EventsReader {
+    path: PathBuf,
+    seen: Mutex<(u64, Vec<Value>)>,
+}
+
+impl EventsReader {
+    /// A reader of `path` (which may not exist yet).
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            seen: Mutex::default(),
+        }
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every event so far.
+    pub fn read(&self) -> Vec<Value> {
+        self.with(|events| events.to_vec())
+    }
+
+    /// The first event so far for which `pred` holds.
+    pub fn find(&self, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        self.with(|events| events.iter().find(|e| pred(e)).cloned())
+    }
+
+    /// Reads what was appended since last time, then runs `f` on every event.
+    fn with<T>(&self, f: impl FnOnce(&[Value]) -> T) -> T {
+        use std::io::{BufRead, Seek};
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(mut file) = File::open(&self.path) {
+            if file.seek(std::io::SeekFrom::Start(seen.0)).is_ok() {
+                let mut reader = std::io::BufReader::new(file);
+                let mut line = String::new();
+                // Only whole lines: a line still being written is read next time.
+                while matches!(reader.read_line(&mut line), Ok(n) if n > 0) && line.ends_with('\n')
+                {
+                    seen.0 += line.len() as u64;
+                    if let Ok(v) = serde_json::from_str(&line) {
+                        seen.1.push(v);
+                    }
+                    line.clear();
+                }
+            }
+        }
+        f(&seen.1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +144,13 @@ mod tests {
         assert_eq!(lines[0]["session_id"], "ses_1");
         let t = lines[1]["t_ms"].as_f64().unwrap();
         assert!(t >= before && t >= lines[0]["t_ms"].as_f64().unwrap());
+        let reader = EventsReader::new(path.clone());
+        assert_eq!(reader.read(), lines);
+        log.now("auth_ok", serde_json::json!({}));
+        assert_eq!(
+            reader.find(|e| e["event"] == "auth_ok").unwrap()["event"],
+            "auth_ok"
+        );
+        assert_eq!(reader.read().len(), 3);
     }
 }

@@ -15,7 +15,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
 use tether_agent::console::{ConsoleOptions, Outcome};
-use tether_agent::events::{millis, monotonic_now, EventLog};
+use tether_agent::events::{millis, monotonic_now, EventLog, EventsReader};
 
 /// `tether bench robot`.
 #[derive(clap::Args, Debug)]
@@ -61,56 +61,18 @@ pub struct RobotReport {
 
 /// The agent's events file, read incrementally (re-reading it whole every poll would
 /// load the 2-core machine the robot and nodes run on).
-struct Events {
-    path: PathBuf,
-    seen: std::sync::Mutex<(u64, Vec<Value>)>,
-}
+struct Events(EventsReader);
 
 impl Events {
-    fn new(path: PathBuf) -> Self {
-        Self {
-            path,
-            seen: Default::default(),
-        }
-    }
-
-    /// Every event so far.
     fn read(&self) -> Vec<Value> {
-        self.with(|events| events.to_vec())
-    }
-
-    /// The first event matching `pred` so far.
-    fn find(&self, pred: &impl Fn(&Value) -> bool) -> Option<Value> {
-        self.with(|events| events.iter().find(|e| pred(e)).cloned())
-    }
-
-    /// Reads what was appended since last time, then runs `f` on every event.
-    fn with<T>(&self, f: impl FnOnce(&[Value]) -> T) -> T {
-        use std::io::{BufRead, Seek};
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if let Ok(mut file) = std::fs::File::open(&self.path) {
-            if file.seek(std::io::SeekFrom::Start(seen.0)).is_ok() {
-                let mut reader = std::io::BufReader::new(file);
-                let mut line = String::new();
-                // Only whole lines: a line still being written is read next time.
-                while matches!(reader.read_line(&mut line), Ok(n) if n > 0) && line.ends_with('\n')
-                {
-                    seen.0 += line.len() as u64;
-                    if let Ok(v) = serde_json::from_str(&line) {
-                        seen.1.push(v);
-                    }
-                    line.clear();
-                }
-            }
-        }
-        f(&seen.1)
+        self.0.read()
     }
 
     /// Waits (polling the file) for the first event matching `pred`.
     async fn wait(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(e) = self.find(&pred) {
+            if let Some(e) = self.0.find(&pred) {
                 return Ok(e);
             }
             if tokio::time::Instant::now() > deadline {
@@ -163,7 +125,9 @@ const ROBOT: &str = "bench-robot";
 pub async fn robot(args: RobotBenchArgs) -> Result<()> {
     let cluster = BenchCluster::start(false, |_| {}).await?;
     let http = |id: u64| format!("http://{}", cluster.procs[id as usize - 1].http);
-    let events = Events::new(cluster.dir.path().join("agent-events.jsonl"));
+    let events = Events(EventsReader::new(
+        cluster.dir.path().join("agent-events.jsonl"),
+    ));
     let robot_token = cluster
         .secrets
         .mint(ROBOT, Role::Robot, Duration::from_secs(3600))?;
@@ -178,7 +142,7 @@ pub async fn robot(args: RobotBenchArgs) -> Result<()> {
         &gateways,
         ROBOT,
         &robot_token,
-        Some(&events.path),
+        Some(events.0.path()),
     );
     command.stdout(log.try_clone()?).stderr(log);
     let _agent = crate::dev::ChildProcess::spawn(command)?;

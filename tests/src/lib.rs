@@ -370,19 +370,21 @@ impl TestCluster {
 }
 
 /// A process's events file (`--events`): JSON lines with `t_ms` and `event`.
-pub struct EventsFile {
-    /// Where it is.
-    pub path: PathBuf,
-}
+pub struct EventsFile(tether_agent::events::EventsReader);
 
 impl EventsFile {
+    fn new(path: PathBuf) -> Self {
+        Self(tether_agent::events::EventsReader::new(path))
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+
     /// Every event written so far.
     pub fn read(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        self.0.read()
     }
 
     /// Waits for the first event named `event` for which `matches` holds; returns it.
@@ -392,13 +394,10 @@ impl EventsFile {
         matches: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
         wait_until(
-            &format!("event {event} in {}", self.path.display()),
+            &format!("event {event} in {}", self.path().display()),
             WAIT,
             || {
-                let found = self
-                    .read()
-                    .into_iter()
-                    .find(|e| e["event"] == event && matches(e));
+                let found = self.0.find(|e| e["event"] == event && matches(e));
                 async move { found }
             },
         )
@@ -425,12 +424,10 @@ impl TestCluster {
     pub async fn agent_with(&self, robot: &str, gateways: &[u64], extra: &[&str]) -> AgentProcess {
         let token = self.token(robot, Role::Robot);
         let addrs: Vec<_> = gateways.iter().map(|id| self.node(*id).http).collect();
-        let events = EventsFile {
-            path: self.dir.path().join(format!("{robot}-events.jsonl")),
-        };
+        let events = EventsFile::new(self.dir.path().join(format!("{robot}-events.jsonl")));
         let log =
             std::fs::File::create(self.dir.path().join(format!("{robot}.log"))).expect("agent log");
-        let mut command = dev::agent_command(&self.bin, &addrs, robot, &token, Some(&events.path));
+        let mut command = dev::agent_command(&self.bin, &addrs, robot, &token, Some(events.path()));
         command
             .args(extra)
             .stdout(log.try_clone().expect("log"))
@@ -447,9 +444,7 @@ impl TestCluster {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
-        let events = EventsFile {
-            path: self.dir.path().join(format!("console-{n}-events.jsonl")),
-        };
+        let events = EventsFile::new(self.dir.path().join(format!("console-{n}-events.jsonl")));
         let stdout = self.dir.path().join(format!("console-{n}.out"));
         let mut command = std::process::Command::new(&self.bin);
         command
@@ -459,7 +454,7 @@ impl TestCluster {
             .arg("--robot-id")
             .arg(robot)
             .arg("--events")
-            .arg(&events.path)
+            .arg(events.path())
             .args(extra)
             .env(
                 "TETHER_OPERATOR_TOKEN",
