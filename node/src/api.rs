@@ -596,10 +596,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
     crate::telemetry::update_gauges(&state.raft);
-    let (connections, rooms, members) = state.hub.counts();
-    metrics::gauge!("tether_signal_authenticated").set(connections as f64);
-    metrics::gauge!("tether_signal_rooms").set(rooms as f64);
-    metrics::gauge!("tether_signal_room_members").set(members as f64);
+    let counts = state.hub.counts();
+    metrics::gauge!("tether_signal_authenticated").set(counts.connections as f64);
+    metrics::gauge!("tether_signal_rooms").set(counts.rooms as f64);
+    metrics::gauge!("tether_signal_room_members").set(counts.room_members as f64);
+    metrics::gauge!("tether_signal_tasks").set(counts.tasks as f64);
+    metrics::gauge!("tether_signal_timers").set(counts.timers as f64);
+    metrics::gauge!("tether_runtime_alive_tasks").set(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks() as f64,
+    );
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

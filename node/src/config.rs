@@ -131,6 +131,10 @@ pub struct SessionsSection {
     /// Which operators may drive which robots: operator id → robot ids (`*` for any).
     /// Empty: every operator may drive every robot.
     pub policy: std::collections::BTreeMap<String, Vec<String>>,
+    /// Each robot's owner: robot id → operator id. The owner, connected to `/v1/signal`
+    /// with an operator token, is told (`session_terminated`) when a session on the robot
+    /// ends, whoever ran it.
+    pub owners: std::collections::BTreeMap<String, String>,
     /// A signaling connection must authenticate within this many milliseconds.
     pub auth_timeout_ms: u64,
     /// Signaling connections this node accepts at once.
@@ -150,6 +154,7 @@ impl Default for SessionsSection {
         Self {
             token_ttl_s: 300,
             policy: Default::default(),
+            owners: Default::default(),
             auth_timeout_ms: 5_000,
             max_connections: 10_000,
             frames_per_second: 200,
@@ -161,6 +166,11 @@ impl Default for SessionsSection {
 }
 
 impl SessionsSection {
+    /// Whether `operator` owns `robot`.
+    pub fn owns(&self, operator: &str, robot: &str) -> bool {
+        self.owners.get(robot).is_some_and(|o| o == operator)
+    }
+
     /// Whether the policy lets `operator` drive `robot`.
     pub fn allows(&self, operator: &str, robot: &str) -> bool {
         self.policy.is_empty()
@@ -301,5 +311,43 @@ public_key = "pub.pem"
         c = toml::from_str(&sample()).unwrap();
         c.id = 0;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_example_in_the_operations_guide_parses_with_the_defaults_it_shows() {
+        let guide = include_str!("../../docs/operations.md");
+        let example = guide
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("a toml block in docs/operations.md");
+        let c: NodeConfig = toml::from_str(example).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.raft, RaftSection::default());
+        assert_eq!(c.http, HttpSection::default());
+        let defaults = SessionsSection::default();
+        assert_eq!(
+            (
+                c.sessions.token_ttl_s,
+                c.sessions.lease_ttl_ms,
+                c.sessions.max_connections
+            ),
+            (
+                defaults.token_ttl_s,
+                defaults.lease_ttl_ms,
+                defaults.max_connections
+            )
+        );
+        assert_eq!(
+            (c.sessions.frames_per_second, c.sessions.frame_burst),
+            (defaults.frames_per_second, defaults.frame_burst)
+        );
+        assert_eq!(
+            (c.sessions.auth_timeout_ms, c.sessions.admission_timeout_ms),
+            (defaults.auth_timeout_ms, defaults.admission_timeout_ms)
+        );
+        assert!(c.sessions.owns("olga", "robot-1") && !c.sessions.owns("alice", "robot-1"));
+        assert!(c.sessions.allows("alice", "robot-2") && !c.sessions.allows("alice", "robot-3"));
+        assert!(c.sessions.allows("bob", "robot-3"));
     }
 }

@@ -10,7 +10,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tether_raft::RaftNode;
@@ -122,6 +122,47 @@ fn denied(code: &'static str, message: impl Into<String>) -> Denied {
     }
 }
 
+/// A count of live things (per-connection tasks, armed per-connection timers) for the
+/// leak checks: [`Live::enter`] counts one until its guard drops.
+#[derive(Default)]
+struct Live(Arc<AtomicI64>);
+
+impl Live {
+    fn enter(&self) -> LiveGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        LiveGuard(self.0.clone())
+    }
+
+    fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one in a [`Live`] until dropped.
+struct LiveGuard(Arc<AtomicI64>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the signaling side of a node holds, for `/metrics` and leak checks: each must
+/// return to zero once every connection has closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HubCounts {
+    /// Authenticated connections.
+    pub connections: usize,
+    /// Session rooms with at least one member.
+    pub rooms: usize,
+    /// Members of those rooms.
+    pub room_members: usize,
+    /// Per-connection tasks (the connection's reader and its writer).
+    pub tasks: i64,
+    /// Armed per-connection timers (the auth deadline, the closing drain).
+    pub timers: i64,
+}
+
 /// The node's signaling hub.
 pub struct Hub {
     raft: Arc<RaftNode>,
@@ -131,6 +172,8 @@ pub struct Hub {
     state: Mutex<HubState>,
     next_conn: AtomicU64,
     live: AtomicU64,
+    tasks: Live,
+    timers: Live,
 }
 
 impl Hub {
@@ -149,6 +192,8 @@ impl Hub {
             state: Mutex::new(HubState::default()),
             next_conn: AtomicU64::new(1),
             live: AtomicU64::new(0),
+            tasks: Live::default(),
+            timers: Live::default(),
         })
     }
 
@@ -172,14 +217,16 @@ impl Hub {
         ]
     }
 
-    /// Open connections, rooms and room members, for metrics and leak checks.
-    pub fn counts(&self) -> (usize, usize, usize) {
+    /// What the hub holds, for metrics and leak checks.
+    pub fn counts(&self) -> HubCounts {
         let st = self.state();
-        (
-            st.conns.len(),
-            st.rooms.room_count(),
-            st.rooms.member_count(),
-        )
+        HubCounts {
+            connections: st.conns.len(),
+            rooms: st.rooms.room_count(),
+            room_members: st.rooms.member_count(),
+            tasks: self.tasks.get(),
+            timers: self.timers.get(),
+        }
     }
 
     /// Whether another connection may be accepted.
@@ -195,11 +242,14 @@ impl Hub {
 
     /// Serves one WebSocket until it closes.
     pub async fn serve(self: Arc<Self>, socket: WebSocket) {
+        let _reader = self.tasks.enter();
+        let writing = self.tasks.enter();
         self.live.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!("tether_signal_connections").increment(1.0);
         let (mut sink, mut stream) = socket.split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Outbound>();
         let writer = tokio::spawn(async move {
+            let _writing = writing;
             while let Some(out) = rx.recv().await {
                 let result = match out {
                     Outbound::Frame(frame) => {
@@ -235,7 +285,10 @@ impl Hub {
         }
         drop(tx);
         let _ = writer.await;
-        drain_until_closed(&mut stream).await;
+        {
+            let _deadline = self.timers.enter();
+            drain_until_closed(&mut stream).await;
+        }
         self.live.fetch_sub(1, Ordering::Relaxed);
         metrics::gauge!("tether_signal_connections").decrement(1.0);
     }
@@ -254,7 +307,10 @@ impl Hub {
             None
         };
         let timeout = Duration::from_millis(self.config.sessions.auth_timeout_ms);
-        let first = match tokio::time::timeout(timeout, next_text(stream)).await {
+        let deadline = self.timers.enter();
+        let first = tokio::time::timeout(timeout, next_text(stream)).await;
+        drop(deadline);
+        let first = match first {
             Err(_) => {
                 return fail(
                     close::AUTH_TIMEOUT,
@@ -828,8 +884,15 @@ impl Hub {
             duration_seconds: ended_at.saturating_sub(session.created_at) / 1000,
             reason: reason.clone(),
         };
+        // Watchers hear of every session; operators of sessions on the robots they own.
+        let sessions = &self.config.sessions;
         for c in st.conns.values() {
-            if matches!(c.identity, Identity::Watcher) {
+            let told = match &c.identity {
+                Identity::Watcher => true,
+                Identity::Operator(claims) => sessions.owns(&claims.sub, &session.robot),
+                Identity::Robot(_) => false,
+            };
+            if told {
                 let _ = c.tx.send(Outbound::Frame(notice.clone()));
             }
         }

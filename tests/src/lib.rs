@@ -139,6 +139,49 @@ impl TestCluster {
         Client::new(&self.node(id).http.to_string(), token)
     }
 
+    /// Node `id`'s unlabelled metrics (`/metrics`), by name.
+    pub async fn metrics(&self, id: u64) -> Option<std::collections::HashMap<String, f64>> {
+        let text = reqwest::get(format!("http://{}/metrics", self.node(id).http))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some(
+            text.lines()
+                .filter(|l| !l.starts_with('#') && !l.contains('{'))
+                .filter_map(|l| {
+                    let (name, value) = l.split_once(' ')?;
+                    Some((name.to_owned(), value.trim().parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// Waits until node `id` holds nothing for signaling: no connections, rooms, room
+    /// members, per-connection tasks or timers (no leaks after teardowns).
+    pub async fn wait_signaling_idle(&self, id: u64) {
+        const HELD: [&str; 6] = [
+            "tether_signal_connections",
+            "tether_signal_authenticated",
+            "tether_signal_rooms",
+            "tether_signal_room_members",
+            "tether_signal_tasks",
+            "tether_signal_timers",
+        ];
+        wait_until(
+            &format!("node {id} to release everything"),
+            WAIT,
+            || async {
+                let m = self.metrics(id).await?;
+                HELD.iter()
+                    .all(|name| m.get(*name) == Some(&0.0))
+                    .then_some(())
+            },
+        )
+        .await
+    }
+
     /// Waits until every running node agrees on a leader and returns it.
     pub async fn leader(&self) -> u64 {
         dev::wait_for_leader(&self.nodes, &self.admin_token, WAIT)

@@ -164,18 +164,7 @@ async fn a_revocation_by_sid_jti_or_operator_tears_down_both_peers_and_no_node_a
             "{}",
             String::from_utf8_lossy(&verify.stderr)
         );
-        wait_until("rooms to be freed", WAIT, || async {
-            let text = reqwest::get(format!("http://{}/metrics", cluster.node(node).http))
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            (text.contains("tether_signal_rooms 0")
-                && text.contains("tether_signal_room_members 0"))
-            .then_some(())
-        })
-        .await;
+        cluster.wait_signaling_idle(node).await;
     }
 }
 
@@ -210,9 +199,20 @@ fn decode_b64url(s: &str) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn only_its_operator_terminates_a_session_and_both_peers_are_told() {
-    let cluster = TestCluster::start(3).await;
+async fn only_its_operator_terminates_a_session_and_both_peers_and_the_owner_are_told() {
+    let cluster = TestCluster::start_with(3, |c| {
+        c.sessions.owners.insert("robot-t".into(), "olga".into());
+    })
+    .await;
     let mut watcher = SignalClient::authed(cluster.node(3).http, &cluster.admin_token).await;
+    // The robot's owner and another operator, listening with plain operator tokens.
+    let mut owner =
+        SignalClient::authed(cluster.node(1).http, &cluster.token("olga", Role::Operator)).await;
+    let mut bystander = SignalClient::authed(
+        cluster.node(3).http,
+        &cluster.token("mallory", Role::Operator),
+    )
+    .await;
     let (mut r, mut o, sid, _) = pair(&cluster, 1, 2, "alice", "robot-t").await;
     let http = reqwest::Client::new();
     let delete = |node: u64, who: &str, sid: &str| {
@@ -252,6 +252,11 @@ async fn only_its_operator_terminates_a_session_and_both_peers_are_told() {
     assert_eq!(notice["robot"], "robot-t");
     assert_eq!(notice["reason"], "client_request");
     assert!(notice["terminated_at"].is_string() && notice["duration_seconds"].is_u64());
+    let told = owner.expect("session_terminated").await;
+    assert_eq!(told, notice, "the owner gets the seed's notification");
+    // Node 3 has sent its notices (the watcher there has one): none went to the bystander.
+    bystander.send(json!({"type": "ping"})).await;
+    bystander.expect("pong").await;
     let twice = delete(1, "alice", &sid).await.unwrap();
     assert_eq!(twice.status(), 409);
     assert_eq!(
@@ -260,6 +265,10 @@ async fn only_its_operator_terminates_a_session_and_both_peers_are_told() {
     );
     // The robot is free for a new session.
     cluster.create_session(1, "bob", "robot-t").await;
+    drop((watcher, owner, bystander, r, o));
+    for node in 1..=3 {
+        cluster.wait_signaling_idle(node).await;
+    }
 }
 
 #[tokio::test]
