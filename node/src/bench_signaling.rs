@@ -23,6 +23,10 @@ pub struct SignalingBenchArgs {
     /// Concurrent sessions for the relay measurement.
     #[arg(long, default_value_t = 1000)]
     pub sessions: usize,
+    /// In the relay runs, each session sends an offer this often (ms); 1,000 sessions at
+    /// 200 ms make 5,000 relays a second.
+    #[arg(long, default_value_t = 200)]
+    pub relay_period_ms: u64,
     /// Trials for the join and revoke measurements.
     #[arg(long, default_value_t = 200)]
     pub trials: usize,
@@ -61,6 +65,10 @@ pub struct SignalingReport {
     pub revoke_posted_to_close_frame: Latency,
     /// Concurrent sessions in the relay runs.
     pub sessions: usize,
+    /// Offers relayed per second in the relay runs (all sessions together).
+    pub relays_per_second: u64,
+    /// The robots' lease lifetime: each robot got a lease every quarter of it meanwhile.
+    pub lease_ttl_ms: u64,
     /// Many connections on one node.
     pub many: Option<ManyConnections>,
     /// Server side, one node: share of relays from frame read to peer socket written
@@ -246,30 +254,33 @@ async fn pair(
 const SDP: &str =
     "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n";
 
-/// Sets up `n` sessions, then has every operator send five offers while all are live;
-/// measures send → receipt at the robot.
+/// Sets up `n` sessions, then has every operator send five offers, one every `period`,
+/// while all are live; measures send → receipt at the robot.
 async fn relay(
     cluster: &BenchCluster,
     robot_node: usize,
     operator_node: usize,
     n: usize,
+    period: Duration,
 ) -> Result<Latency> {
     let mut pairs = Vec::new();
     for i in 0..n {
         pairs.push(pair(cluster, robot_node, operator_node, i).await?);
     }
-    // Every session sends an offer every 200 ms, the sessions spread evenly over that
-    // period: steady load from all sessions at once rather than one synchronized burst.
+    // The sessions are spread evenly over the period: steady load from all sessions at once
+    // rather than one synchronized burst. One start for all, after every task is spawned and parked: the first offers must not
+    // race the spawning of the rest.
+    let begin = tokio::time::Instant::now() + Duration::from_millis(200);
     let tasks: Vec<_> = pairs
         .into_iter()
         .enumerate()
         .map(|(i, mut p)| {
-            let offset = Duration::from_micros((i as u64 * 200_000) / n.max(1) as u64);
+            let offset = period * i as u32 / n.max(1) as u32;
             tokio::spawn(async move {
                 let mut h = histogram();
-                let start = tokio::time::Instant::now() + offset;
+                let start = begin + offset;
                 for k in 0..5u32 {
-                    tokio::time::sleep_until(start + Duration::from_millis(200) * k).await;
+                    tokio::time::sleep_until(start + period * k).await;
                     let t = Instant::now();
                     send(&mut p.operator, json!({"type": "offer", "sdp": SDP})).await?;
                     expect(&mut p.robot, "offer").await?;
@@ -410,9 +421,10 @@ pub async fn signaling(args: SignalingBenchArgs) -> Result<()> {
     }
     eprintln!("bench: admitted join {:?}", Latency::from(&admitted));
 
-    let relay_one_node = relay(&cluster, 0, 0, args.sessions).await?;
+    let period = Duration::from_millis(args.relay_period_ms);
+    let relay_one_node = relay(&cluster, 0, 0, args.sessions, period).await?;
     eprintln!("bench: relay on one node {relay_one_node:?}");
-    let relay_across_nodes = relay(&cluster, 1, 2, args.sessions).await?;
+    let relay_across_nodes = relay(&cluster, 1, 2, args.sessions, period).await?;
     eprintln!("bench: relay across nodes {relay_across_nodes:?}");
     let scrape = |i: usize| {
         let http = cluster.procs[i].http;
@@ -468,6 +480,8 @@ pub async fn signaling(args: SignalingBenchArgs) -> Result<()> {
         revoke_to_close_frame: Latency::from(&revoke),
         revoke_posted_to_close_frame: Latency::from(&posted_to_frame),
         sessions: args.sessions,
+        relays_per_second: args.sessions as u64 * 1000 / args.relay_period_ms.max(1),
+        lease_ttl_ms: args.lease_ttl_ms,
         many,
         relay_server_one_node,
         relay_server_from_peer_node,
@@ -493,8 +507,11 @@ fn markdown(r: &SignalingReport) -> String {
         )
     };
     let mut s = format!(
-        "### Signaling (`tether bench signaling`, {})\n\n3 node processes on loopback, real WebSocket clients in one process; relay runs with {} concurrent sessions.\n\n| measurement | samples | p50 ms | p99 ms | max ms | target |\n|---|---|---|---|---|---|\n",
-        r.when, r.sessions
+        "### Signaling (`tether bench signaling`, {})\n\n3 node processes on loopback, real WebSocket clients in one process; relay runs with {} concurrent sessions relaying {} offers a second in all, while each robot gets a lease every {} ms.\n\n| measurement | samples | p50 ms | p99 ms | max ms | target |\n|---|---|---|---|---|---|\n",
+        r.when,
+        r.sessions,
+        r.relays_per_second,
+        r.lease_ttl_ms / 4
     );
     s += &row(
         "join denied (revoked sid), client round trip",

@@ -936,33 +936,36 @@ impl Hub {
         }
     }
 
-    /// Every quarter lease, proves contact with the quorum once and renews the lease of
-    /// every robot here with an active session (S7). Without a quorum, nothing is sent and
-    /// the robots stop when their leases run out.
+    /// Renews the lease of every robot here with an active session each quarter lease (S7),
+    /// each renewal only right after this node has proved contact with the quorum. Without a
+    /// quorum nothing is sent, and the robots stop when their leases run out.
+    ///
+    /// The robots are spread over [`lease_groups`] turns per quarter lease, each turn with
+    /// its own quorum check: renewing a thousand robots at once would hold every relay on
+    /// this node (and every client reading them) behind a burst of lease frames.
     async fn lease_loop(self: Arc<Self>, mut stopped: tokio::sync::watch::Receiver<bool>) {
         let ttl = self.config.sessions.lease_ttl_ms;
-        let mut tick = tokio::time::interval(Duration::from_millis(ttl / 4));
+        let groups = lease_groups(ttl);
+        let quarter = Duration::from_millis(ttl / 4);
+        let mut tick = tokio::time::interval(quarter / groups as u32);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        for turn in 0u64.. {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stopped.wait_for(|s| *s) => return,
             }
+            let group = turn % groups;
             let robots: Vec<(String, ConnId)> = self
                 .state()
                 .robots
                 .iter()
+                .filter(|(_, c)| lease_group(**c, groups) == group)
                 .map(|(r, c)| (r.clone(), *c))
                 .collect();
             if robots.is_empty() {
                 continue;
             }
-            if self
-                .raft
-                .read_barrier(Duration::from_millis(ttl / 4))
-                .await
-                .is_err()
-            {
+            if self.raft.read_barrier(quarter / 2).await.is_err() {
                 metrics::counter!("tether_lease_rounds_total", "result" => "no_quorum")
                     .increment(1);
                 continue;
@@ -979,8 +982,7 @@ impl Hub {
                     })
                     .collect()
             };
-            // In slices, yielding between them: a thousand lease writes at once would queue
-            // every relay on this node behind them.
+            // Still in slices, yielding between them, for nodes with very many robots.
             for slice in grants.chunks(LEASE_SLICE) {
                 for (conn, session_id) in slice {
                     self.send(
@@ -995,6 +997,19 @@ impl Hub {
             }
         }
     }
+}
+
+/// Which turn renews connection `conn`'s lease. Fibonacci hashing: connection ids come
+/// in patterns (a robot, then its operator), which a plain modulo would crowd into a few
+/// turns.
+fn lease_group(conn: ConnId, groups: u64) -> u64 {
+    (conn.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % groups
+}
+
+/// Turns per quarter lease over which robots' renewals are spread: up to 16, each turn at
+/// least 10 ms apart (a quorum check per turn).
+fn lease_groups(ttl_ms: u64) -> u64 {
+    (ttl_ms / 4 / 10).clamp(1, 16)
 }
 
 fn error_frame(code: &str, message: &str) -> ServerFrame {
@@ -1030,8 +1045,9 @@ async fn drain_until_closed(stream: &mut futures::stream::SplitStream<WebSocket>
     let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
 }
 
-/// Leases queued before the lease loop lets other tasks run.
-const LEASE_SLICE: usize = 64;
+/// Leases queued before the lease loop lets other tasks run: small, so that a frame to
+/// relay waits behind a few lease writes at most.
+const LEASE_SLICE: usize = 4;
 
 /// How long a closing connection waits for the peer's close frame.
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
@@ -1039,4 +1055,31 @@ const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 /// Now in milliseconds since the epoch, for session commands.
 pub fn now_ms() -> u64 {
     unix_now().as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_turns_are_at_least_10_ms_apart_and_at_most_16_per_quarter() {
+        assert_eq!(lease_groups(1_000), 16);
+        assert_eq!(lease_groups(200), 5);
+        assert_eq!(lease_groups(40), 1);
+    }
+
+    #[test]
+    fn robots_spread_evenly_over_the_lease_turns_whatever_the_pattern_of_their_ids() {
+        // Robots alone, every other id (robot then operator), every fourth.
+        for step in [1u64, 2, 4] {
+            let mut turns = [0usize; 16];
+            for conn in (1..).step_by(step as usize).take(1_600) {
+                turns[lease_group(conn, 16) as usize] += 1;
+            }
+            assert!(
+                turns.iter().all(|&n| (70..=130).contains(&n)),
+                "step {step}: {turns:?}"
+            );
+        }
+    }
 }
