@@ -6,6 +6,7 @@
 //! signaling relay.
 
 mod batch;
+mod forward;
 pub mod network;
 pub mod node;
 pub mod rpc;

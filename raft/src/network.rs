@@ -21,7 +21,7 @@ use tether_store::{NodeId, NodeInfo, TypeConfig};
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Why a call to a peer failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
     /// No connection could be made.
     #[error("peer {0} unreachable: {1}")]

@@ -191,6 +191,7 @@ pub struct RaftNode {
     shared: Arc<Shared>,
     events: tokio::sync::broadcast::Sender<tether_store::SessionEvent>,
     peers: Arc<Peers>,
+    forwarder: crate::forward::Forwarder,
     view: StateView,
     endpoint: quinn::Endpoint,
     server: tokio::task::JoinHandle<()>,
@@ -245,6 +246,7 @@ impl RaftNode {
         Ok(Self {
             shared,
             events,
+            forwarder: crate::forward::Forwarder::start(peers.clone()),
             peers,
             view,
             endpoint,
@@ -368,17 +370,16 @@ impl RaftNode {
         timeout: Duration,
     ) -> Result<Response, RaftNodeError> {
         let shared = self.shared.clone();
-        let remote_command = command.clone();
-        self.route(
+        let local_command = command.clone();
+        self.route_with(
             timeout,
-            || Request::Write(remote_command.clone()),
-            |reply| match reply {
-                Reply::Write(r) => Some(r),
-                _ => None,
+            |leader, addr, remaining| {
+                self.forwarder
+                    .forward(leader, addr, command.clone(), remaining)
             },
             move || {
                 let shared = shared.clone();
-                let command = command.clone();
+                let command = local_command.clone();
                 async move { shared.write_as_leader(command).await }
             },
         )
@@ -478,6 +479,39 @@ impl RaftNode {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, ForwardError>>,
     {
+        let (request, extract) = (&request, &extract);
+        self.route_with(
+            timeout,
+            |leader, addr, remaining| async move {
+                let reply = self
+                    .peers
+                    .call(leader, &addr, &request(), remaining)
+                    .await?;
+                Ok(extract(reply).unwrap_or_else(|| {
+                    Err(ForwardError::Unavailable(
+                        "unexpected reply from leader".into(),
+                    ))
+                }))
+            },
+            local,
+        )
+        .await
+    }
+
+    /// Runs `local` if this node leads, else `remote(leader, its address, time left)`;
+    /// follows leader changes until `timeout`.
+    async fn route_with<T, F, Fut, R, RFut>(
+        &self,
+        timeout: Duration,
+        remote: R,
+        local: F,
+    ) -> Result<T, RaftNodeError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ForwardError>>,
+        R: Fn(NodeId, String, Duration) -> RFut,
+        RFut: std::future::Future<Output = Result<Result<T, ForwardError>, CallError>>,
+    {
         let deadline = Instant::now() + timeout;
         let mut last_error = String::from("no leader");
         loop {
@@ -507,24 +541,14 @@ impl RaftNode {
                         "leader {leader} has no address"
                     )));
                 };
-                let request = request();
-                let call = self
-                    .peers
-                    .call(leader, &node.raft_addr, &request, remaining);
+                let call = remote(leader, node.raft_addr.clone(), remaining);
                 // A dead leader's connection only fails at the QUIC idle timeout; stop
                 // waiting as soon as this node learns of another leader (or an election).
                 let waiter = self.raft().wait(Some(remaining));
                 let leader_changed =
                     waiter.metrics(|m| m.current_leader != Some(leader), "leader change");
                 tokio::select! {
-                    reply = call => match reply {
-                        Ok(reply) => extract(reply).unwrap_or_else(|| {
-                            Err(ForwardError::Unavailable("unexpected reply from leader".into()))
-                        }),
-                        Err(e @ (CallError::Unreachable(..) | CallError::Network(..) | CallError::Timeout(_))) => {
-                            Err(ForwardError::Unavailable(e.to_string()))
-                        }
-                    },
+                    reply = call => reply.unwrap_or_else(|e| Err(ForwardError::Unavailable(e.to_string()))),
                     _ = leader_changed => Err(ForwardError::NotLeader { leader: None }),
                 }
             };

@@ -25,6 +25,8 @@ pub enum Request {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A write forwarded to the leader.
     Write(Command),
+    /// Writes forwarded to the leader together (answered one by one, in order).
+    WriteBatch(Vec<Command>),
     /// Ask the leader for a linearizable read index (S2).
     ReadIndex,
     /// Ask the leader to add a voter.
@@ -80,6 +82,8 @@ pub enum Reply {
     ),
     /// To [`Request::Write`]: the applied response.
     Write(Result<Response, ForwardError>),
+    /// To [`Request::WriteBatch`]: each write's response, in the request's order.
+    WriteBatch(Vec<Result<Response, ForwardError>>),
     /// To [`Request::ReadIndex`]: the log id to apply up to before reading.
     ReadIndex(Result<Option<LogId<NodeId>>, ForwardError>),
     /// To membership requests.

@@ -50,6 +50,11 @@ async fn handle(shared: &Shared, request: Request) -> Reply {
         Request::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
         Request::InstallSnapshot(rpc) => Reply::InstallSnapshot(raft.install_snapshot(rpc).await),
         Request::Write(command) => Reply::Write(shared.write_as_leader(command).await),
+        // Polled in order, so the writes reach the leader's batcher in order.
+        Request::WriteBatch(commands) => Reply::WriteBatch(
+            futures::future::join_all(commands.into_iter().map(|c| shared.write_as_leader(c)))
+                .await,
+        ),
         Request::ReadIndex => Reply::ReadIndex(shared.read_index_as_leader().await),
         Request::AddMember {
             id,

@@ -410,3 +410,57 @@ async fn repeated_leader_kills_and_restarts_keep_the_cluster_writable() {
         cluster.restart(leader);
     }
 }
+
+#[tokio::test]
+async fn concurrent_writes_forwarded_together_each_get_their_own_answer() {
+    let cluster = TestCluster::start(3).await;
+    let follower = cluster.follower().await;
+    let client = cluster.client(follower);
+    // All at once, so the follower forwards them to the leader in batches.
+    let writes = (0..300).map(|i| {
+        let client = client.clone();
+        async move {
+            let sid = format!("together-{i}");
+            let answer = client
+                .revoke(&session(&sid), &format!("reason {i}"), None)
+                .await
+                .unwrap();
+            (i, sid, answer)
+        }
+    });
+    let answers = futures::future::join_all(writes).await;
+    for (i, sid, answer) in &answers {
+        assert!(answer.created, "{sid}");
+        assert_eq!(
+            &answer.revocation.target, sid,
+            "its own answer, not another's"
+        );
+        assert_eq!(answer.revocation.reason, format!("reason {i}"));
+    }
+    let metrics = cluster.metrics(follower).await.unwrap();
+    let (sum, count) = (
+        metrics["tether_raft_forward_batch_size_sum"],
+        metrics["tether_raft_forward_batch_size_count"],
+    );
+    assert_eq!(sum, 300.0, "every write was forwarded once");
+    assert!(count < sum, "some were forwarded together ({count} calls)");
+    let answers = &answers;
+    for id in cluster.running() {
+        let client = cluster.client(id);
+        wait_until("every write on every node", WAIT, || {
+            let client = client.clone();
+            async move {
+                let page = client
+                    .list(&[("kind", "session"), ("limit", "1000")])
+                    .await
+                    .ok()?;
+                let seen: BTreeSet<_> = page.items.into_iter().map(|r| r.target).collect();
+                answers
+                    .iter()
+                    .all(|(_, sid, _)| seen.contains(sid))
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+}
