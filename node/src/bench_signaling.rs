@@ -272,8 +272,8 @@ async fn relay(
         pairs.push(pair(cluster, robot_node, operator_node, i).await?);
     }
     // The sessions are spread evenly over the period: steady load from all sessions at once
-    // rather than one synchronized burst. One start for all, after every task is spawned and parked: the first offers must not
-    // race the spawning of the rest.
+    // rather than one synchronized burst. One start for all, 200 ms ahead (ample for
+    // spawning them): the first offers must not race the spawning of the rest.
     let begin = tokio::time::Instant::now() + Duration::from_millis(200);
     let tasks: Vec<_> = pairs
         .into_iter()
@@ -542,8 +542,9 @@ fn markdown(r: &SignalingReport) -> String {
         )
     };
     let mut s = format!(
-        "### Signaling (`tether bench signaling`, {})\n\n3 node processes on loopback, real WebSocket clients in one process (the relay load generator runs its 2,000 sockets on one thread of its own); relay runs with {} concurrent sessions relaying {} offers a second in all, while each robot gets a lease every {} ms.\n\n| measurement | samples | p50 ms | p99 ms | max ms | target |\n|---|---|---|---|---|---|\n",
+        "### Signaling (`tether bench signaling`, {})\n\n3 node processes on loopback, real WebSocket clients in one process (the relay load generator runs its {} sockets on one thread of its own); relay runs with {} concurrent sessions relaying {} offers a second in all, while each robot gets a lease every {} ms.\n\n| measurement | samples | p50 ms | p99 ms | max ms | target |\n|---|---|---|---|---|---|\n",
         r.when,
+        2 * r.sessions,
         r.sessions,
         r.relays_per_second,
         r.lease_ttl_ms / 4
@@ -583,7 +584,7 @@ fn markdown(r: &SignalingReport) -> String {
         r.join_denial_server_within_50us * 100.0
     );
     s += &format!(
-        "\nRelay inside the nodes (frame read → peer's socket written; across nodes, from the QUIC arrival on the robot's node): {:.1}% within 1 ms on one node (99% within {} ms), {:.1}% within 1 ms from a peer node (99% within {} ms). The difference from the end-to-end figures above is the load generator's 2,000 sockets and the client side of the loopback, on the same 2 cores.\n",
+        "\nRelay inside the nodes (frame read → peer's socket written; across nodes, from the QUIC arrival on the robot's node): {:.1}% within 1 ms on one node (99% within {} ms), {:.1}% within 1 ms from a peer node (99% within {} ms). The difference from the end-to-end figures above is the load generator's sockets and the client side of the loopback, on the same 2 cores.\n",
         r.relay_server_one_node.0 * 100.0,
         r.relay_server_one_node.1 * 1000.0,
         r.relay_server_from_peer_node.0 * 100.0,

@@ -866,12 +866,6 @@ impl Hub {
                 targets.push(*id);
             }
         }
-        for conn in &targets {
-            if let Some(c) = st.conns.get(conn) {
-                let _ = c.tx.send(Outbound::Frame(frame.clone()));
-                let _ = c.tx.send(Outbound::Close(code, reason.clone()));
-            }
-        }
         if quiet && targets.is_empty() {
             return;
         }
@@ -894,6 +888,14 @@ impl Hub {
             };
             if told {
                 let _ = c.tx.send(Outbound::Frame(notice.clone()));
+            }
+        }
+        // After the notices: a connection's writer stops at its close, and an owner may
+        // also be one of the session's own connections.
+        for conn in &targets {
+            if let Some(c) = st.conns.get(conn) {
+                let _ = c.tx.send(Outbound::Frame(frame.clone()));
+                let _ = c.tx.send(Outbound::Close(code, reason.clone()));
             }
         }
         for conn in &targets {
@@ -943,23 +945,28 @@ impl Hub {
     /// The robots are spread over [`lease_groups`] turns per quarter lease, each turn with
     /// its own quorum check: renewing a thousand robots at once held every relay on this
     /// node (and every client reading them) behind a burst of lease frames, for up to 30 ms.
+    /// Turns keep to a fixed schedule: when a quorum check takes longer than a turn, the
+    /// next check covers every group that fell due meanwhile, so each robot still gets a
+    /// lease about every quarter lease.
     async fn lease_loop(self: Arc<Self>, mut stopped: tokio::sync::watch::Receiver<bool>) {
         let ttl = self.config.sessions.lease_ttl_ms;
         let groups = lease_groups(ttl);
         let quarter = Duration::from_millis(ttl / 4);
-        let mut tick = tokio::time::interval(quarter / groups as u32);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        for turn in 0u64.. {
+        let turn = quarter / groups as u32;
+        let start = tokio::time::Instant::now();
+        let mut served = 0u64;
+        loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(start + turn_time(turn, served)) => {}
                 _ = stopped.wait_for(|s| *s) => return,
             }
-            let group = turn % groups;
+            let due;
+            (due, served) = due_groups(start.elapsed(), turn, served, groups);
             let robots: Vec<(String, ConnId)> = self
                 .state()
                 .robots
                 .iter()
-                .filter(|(_, c)| lease_group(**c, groups) == group)
+                .filter(|(_, c)| due[lease_group(**c, groups) as usize])
                 .map(|(r, c)| (r.clone(), *c))
                 .collect();
             if robots.is_empty() {
@@ -997,6 +1004,23 @@ impl Hub {
             }
         }
     }
+}
+
+/// When turn `n` falls due, counted from the lease loop's start.
+fn turn_time(turn: Duration, n: u64) -> Duration {
+    Duration::from_nanos((turn.as_nanos() as u64).saturating_mul(n))
+}
+
+/// The lease groups due `elapsed` after the loop's start, when `served` turns have been
+/// served: every turn whose time has come and that was not served yet, each group at most
+/// once. Returns which groups are due and the new count of turns served.
+fn due_groups(elapsed: Duration, turn: Duration, served: u64, groups: u64) -> (Vec<bool>, u64) {
+    let come = (elapsed.as_nanos() / turn.as_nanos().max(1)) as u64 + 1;
+    let mut due = vec![false; groups as usize];
+    for t in served..come.min(served + groups) {
+        due[(t % groups) as usize] = true;
+    }
+    (due, come.max(served))
 }
 
 /// Which turn renews connection `conn`'s lease. Fibonacci hashing: connection ids come
@@ -1068,6 +1092,32 @@ mod tests {
         assert_eq!(lease_groups(10_000), 64);
         assert_eq!(lease_groups(200), 12);
         assert_eq!(lease_groups(40), 2);
+    }
+
+    #[test]
+    fn a_late_lease_turn_covers_every_group_that_fell_due_meanwhile() {
+        let turn = Duration::from_millis(4);
+        // On time: turn 0 at 0 ms serves group 0 alone.
+        let (due, served) = due_groups(Duration::ZERO, turn, 0, 8);
+        assert_eq!(
+            (due, served),
+            (
+                vec![true, false, false, false, false, false, false, false],
+                1
+            )
+        );
+        // A quorum check took 10 ms: at 14 ms turns 1..=3 are due, one check for all three.
+        let (due, served) = due_groups(Duration::from_millis(14), turn, 1, 8);
+        assert_eq!(served, 4);
+        assert_eq!(
+            due,
+            vec![false, true, true, true, false, false, false, false]
+        );
+        // More than a whole cycle late: every group once, and the schedule moves on.
+        let (due, served) = due_groups(Duration::from_millis(100), turn, 4, 8);
+        assert!(due.iter().all(|d| *d));
+        assert_eq!(served, 26);
+        assert_eq!(turn_time(turn, served), Duration::from_millis(104));
     }
 
     #[test]

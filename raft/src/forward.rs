@@ -10,8 +10,12 @@ use crate::network::{CallError, Peers};
 use crate::rpc::{ForwardError, Reply, Request};
 use std::sync::Arc;
 use std::time::Duration;
-use tether_store::{Command, NodeId, Response};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tether_store::{Command, NodeId, NodeInfo, Response};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::time::Instant;
+
+/// The Raft metrics this node publishes; the forwarder watches them for leader changes.
+type Metrics = watch::Receiver<openraft::RaftMetrics<NodeId, NodeInfo>>;
 
 /// Forwarding calls in flight at once.
 const MAX_IN_FLIGHT: usize = 4;
@@ -25,8 +29,16 @@ struct Item {
     leader: NodeId,
     addr: String,
     command: Command,
-    timeout: Duration,
+    deadline: Instant,
     reply: oneshot::Sender<Outcome>,
+}
+
+impl Item {
+    /// Whether anyone still waits for this write: its caller gives up at its deadline, or
+    /// earlier when it learns of a leader change.
+    fn wanted(&self, now: Instant) -> bool {
+        !self.reply.is_closed() && self.deadline > now
+    }
 }
 
 /// The sending side; cloning is cheap.
@@ -36,10 +48,10 @@ pub(crate) struct Forwarder {
 }
 
 impl Forwarder {
-    /// Starts the forwarding task over `peers`.
-    pub(crate) fn start(peers: Arc<Peers>) -> Self {
+    /// Starts the forwarding task over `peers`; `metrics` tells it of leader changes.
+    pub(crate) fn start(peers: Arc<Peers>, metrics: Metrics) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(peers, rx));
+        tokio::spawn(run(peers, metrics, rx));
         Self { tx }
     }
 
@@ -56,19 +68,18 @@ impl Forwarder {
             leader,
             addr,
             command,
-            timeout,
+            deadline: Instant::now() + timeout,
             reply,
         };
         if self.tx.send(item).is_err() {
             return Err(CallError::Network(leader, "shutting down".into()));
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(CallError::Network(leader, "shutting down".into())))
+        // Dropped unanswered: its deadline passed before it could be sent.
+        answer.await.unwrap_or(Err(CallError::Timeout(leader)))
     }
 }
 
-async fn run(peers: Arc<Peers>, mut rx: mpsc::UnboundedReceiver<Item>) {
+async fn run(peers: Arc<Peers>, metrics: Metrics, mut rx: mpsc::UnboundedReceiver<Item>) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     // A write for another leader (during a leader change) starts the next batch.
     let mut held: Option<Item> = None;
@@ -83,30 +94,47 @@ async fn run(peers: Arc<Peers>, mut rx: mpsc::UnboundedReceiver<Item>) {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(item) if item.leader == batch[0].leader => batch.push(item),
-                Ok(item) => {
+        // Writes whose callers gave up while waiting for a slot are not sent.
+        let now = Instant::now();
+        let mut batch: Vec<Item> = Vec::new();
+        let mut next = Some(first);
+        while let Some(item) = next {
+            if item.wanted(now) {
+                if batch.first().is_some_and(|b| b.leader != item.leader) {
                     held = Some(item);
                     break;
                 }
-                Err(_) => break,
+                batch.push(item);
             }
+            next = if batch.len() < MAX_BATCH {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if batch.is_empty() {
+            continue;
         }
         let peers = peers.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            call(&peers, batch).await;
+            call(&peers, metrics, batch).await;
         });
     }
 }
 
-/// One call for the whole batch; every write in it gets its own answer.
-async fn call(peers: &Peers, batch: Vec<Item>) {
+/// One call for the whole batch; every write in it gets its own answer. The call is given
+/// up as soon as this node learns of another leader: its callers retry with that one.
+async fn call(peers: &Peers, mut metrics: Metrics, batch: Vec<Item>) {
     let (leader, addr) = (batch[0].leader, batch[0].addr.clone());
-    // The tightest caller's time: the others retry through `route` if it runs out.
-    let timeout = batch.iter().map(|i| i.timeout).min().unwrap_or_default();
+    // Until the most patient caller's deadline; each caller stops waiting at its own.
+    let deadline = batch
+        .iter()
+        .map(|i| i.deadline)
+        .max()
+        .unwrap_or_else(Instant::now);
+    let timeout = deadline.saturating_duration_since(Instant::now());
     let (commands, replies): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|i| (i.command, i.reply)).unzip();
     metrics::histogram!("tether_raft_forward_batch_size").record(commands.len() as f64);
@@ -120,7 +148,12 @@ async fn call(peers: &Peers, batch: Vec<Item>) {
             "unexpected reply from leader".into(),
         )))
     };
-    match peers.call(leader, &addr, &request, timeout).await {
+    let leader_changed = metrics.wait_for(|m| m.current_leader != Some(leader));
+    let outcome = tokio::select! {
+        outcome = peers.call(leader, &addr, &request, timeout) => outcome,
+        _ = leader_changed => Err(CallError::Network(leader, "the leader changed".into())),
+    };
+    match outcome {
         Ok(Reply::Write(answer)) if replies.len() == 1 => {
             for reply in replies {
                 let _ = reply.send(Ok(answer.clone()));

@@ -242,11 +242,12 @@ impl RaftNode {
             signal_handler: std::sync::OnceLock::new(),
         });
         let server = tokio::spawn(server::serve(endpoint.clone(), shared.clone()));
+        let forwarder = crate::forward::Forwarder::start(peers.clone(), shared.raft.metrics());
         tracing::info!(id = config.id, listen = %endpoint.local_addr()?, "raft node started");
         Ok(Self {
             shared,
             events,
-            forwarder: crate::forward::Forwarder::start(peers.clone()),
+            forwarder,
             peers,
             view,
             endpoint,

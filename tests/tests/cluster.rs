@@ -438,12 +438,17 @@ async fn concurrent_writes_forwarded_together_each_get_their_own_answer() {
         assert_eq!(answer.revocation.reason, format!("reason {i}"));
     }
     let metrics = cluster.metrics(follower).await.unwrap();
+    let forwarded = |name: &str| metrics.get(name).copied().unwrap_or(0.0);
     let (sum, count) = (
-        metrics["tether_raft_forward_batch_size_sum"],
-        metrics["tether_raft_forward_batch_size_count"],
+        forwarded("tether_raft_forward_batch_size_sum"),
+        forwarded("tether_raft_forward_batch_size_count"),
     );
-    assert_eq!(sum, 300.0, "every write was forwarded once");
-    assert!(count < sum, "some were forwarded together ({count} calls)");
+    // At least once each (a write may be sent again after a failed call).
+    assert!(sum >= 300.0, "every write was forwarded: {sum}");
+    assert!(
+        count < 300.0,
+        "some were forwarded together ({count} calls)"
+    );
     let answers = &answers;
     for id in cluster.running() {
         let client = cluster.client(id);
