@@ -328,10 +328,11 @@ fn on_own_thread<T: Send>(work: impl std::future::Future<Output = Result<T>> + S
     })
 }
 
-/// From a Prometheus histogram with label `path`: the share of samples within `bound`
-/// seconds, and the smallest bucket bound holding 99% of them.
-fn relay_histogram(metrics: &str, path: &str, bound: f64) -> (f64, f64) {
-    let prefix = format!("tether_relay_seconds_bucket{{path=\"{path}\",le=\"");
+/// From Prometheus histogram `name` (series selected by `labels`, e.g. `path="local",`,
+/// or empty): the share of samples within `bound` seconds, and the smallest bucket bound
+/// holding 99% of them.
+fn histogram_shares(metrics: &str, name: &str, labels: &str, bound: f64) -> (f64, f64) {
+    let prefix = format!("{name}_bucket{{{labels}le=\"");
     let buckets: Vec<(f64, f64)> = metrics
         .lines()
         .filter_map(|l| l.strip_prefix(&prefix))
@@ -361,22 +362,13 @@ fn relay_histogram(metrics: &str, path: &str, bound: f64) -> (f64, f64) {
     (within / total, p99)
 }
 
-fn share_within(metrics: &str, name: &str, bound: &str) -> f64 {
-    let value = |suffix: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(&format!("{name}{suffix}")))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let within = value(&format!("_bucket{{le=\"{bound}\"}}"));
-    let count = value("_count");
-    if count == 0.0 {
-        0.0
-    } else {
-        within / count
-    }
+/// Node `i`'s `/metrics` text.
+async fn scrape(cluster: &BenchCluster, i: usize) -> Result<String> {
+    let http = cluster.procs[i].http;
+    Ok(reqwest::get(format!("http://{http}/metrics"))
+        .await?
+        .text()
+        .await?)
 }
 
 /// Runs the signaling benchmark.
@@ -413,11 +405,12 @@ pub async fn signaling(args: SignalingBenchArgs) -> Result<()> {
         expect(&mut op, "error").await?;
         denial.record(t.elapsed().as_micros() as u64)?;
     }
-    let metrics = reqwest::get(format!("http://{http}/metrics"))
-        .await?
-        .text()
-        .await?;
-    let within = share_within(&metrics, "tether_join_denial_seconds", "0.00005");
+    let (within, _) = histogram_shares(
+        &scrape(&cluster, 0).await?,
+        "tether_join_denial_seconds",
+        "",
+        0.000_05,
+    );
     eprintln!(
         "bench: join denial {:?}, server ≤ 50 µs: {:.1}%",
         Latency::from(&denial),
@@ -461,17 +454,18 @@ pub async fn signaling(args: SignalingBenchArgs) -> Result<()> {
         args.relay_offers,
     ))?;
     eprintln!("bench: relay across nodes {relay_across_nodes:?}");
-    let scrape = |i: usize| {
-        let http = cluster.procs[i].http;
-        async move {
-            reqwest::get(format!("http://{http}/metrics"))
-                .await?
-                .text()
-                .await
-        }
-    };
-    let relay_server_one_node = relay_histogram(&scrape(0).await?, "local", 0.001);
-    let relay_server_from_peer_node = relay_histogram(&scrape(1).await?, "from_peer_node", 0.001);
+    let relay_server_one_node = histogram_shares(
+        &scrape(&cluster, 0).await?,
+        "tether_relay_seconds",
+        "path=\"local\",",
+        0.001,
+    );
+    let relay_server_from_peer_node = histogram_shares(
+        &scrape(&cluster, 1).await?,
+        "tether_relay_seconds",
+        "path=\"from_peer_node\",",
+        0.001,
+    );
     eprintln!(
         "bench: relay server side: one node {relay_server_one_node:?}, from a peer node {relay_server_from_peer_node:?}"
     );

@@ -166,9 +166,9 @@ impl Default for SessionsSection {
 }
 
 impl SessionsSection {
-    /// Whether `operator` owns `robot`.
-    pub fn owns(&self, operator: &str, robot: &str) -> bool {
-        self.owners.get(robot).is_some_and(|o| o == operator)
+    /// `robot`'s owner, if it has one.
+    pub fn owner_of(&self, robot: &str) -> Option<&str> {
+        self.owners.get(robot).map(String::as_str)
     }
 
     /// Whether the policy lets `operator` drive `robot`.
@@ -346,7 +346,8 @@ public_key = "pub.pem"
             (c.sessions.auth_timeout_ms, c.sessions.admission_timeout_ms),
             (defaults.auth_timeout_ms, defaults.admission_timeout_ms)
         );
-        assert!(c.sessions.owns("olga", "robot-1") && !c.sessions.owns("alice", "robot-1"));
+        assert_eq!(c.sessions.owner_of("robot-1"), Some("olga"));
+        assert_eq!(c.sessions.owner_of("robot-2"), None);
         assert!(c.sessions.allows("alice", "robot-2") && !c.sessions.allows("alice", "robot-3"));
         assert!(c.sessions.allows("bob", "robot-3"));
     }

@@ -45,8 +45,9 @@ const RELAY_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 enum Outbound {
     Frame(ServerFrame),
-    /// A relayed frame and when it reached this node, to time the relay up to the socket.
-    Relayed(ServerFrame, Instant, &'static str),
+    /// A relayed frame, when it reached this node, and the histogram (by path) that times
+    /// the relay up to the socket.
+    Relayed(ServerFrame, Instant, metrics::Histogram),
     Close(u16, String),
 }
 
@@ -174,6 +175,9 @@ pub struct Hub {
     live: AtomicU64,
     tasks: Live,
     timers: Live,
+    /// `tether_relay_seconds` by path, looked up once rather than for every relayed frame.
+    relay_local: metrics::Histogram,
+    relay_from_peer_node: metrics::Histogram,
 }
 
 impl Hub {
@@ -194,6 +198,11 @@ impl Hub {
             live: AtomicU64::new(0),
             tasks: Live::default(),
             timers: Live::default(),
+            relay_local: metrics::histogram!("tether_relay_seconds", "path" => "local"),
+            relay_from_peer_node: metrics::histogram!(
+                "tether_relay_seconds",
+                "path" => "from_peer_node"
+            ),
         })
     }
 
@@ -256,12 +265,11 @@ impl Hub {
                         sink.send(Message::Text(protocol::render(&frame).into()))
                             .await
                     }
-                    Outbound::Relayed(frame, received, path) => {
+                    Outbound::Relayed(frame, received, histogram) => {
                         let sent = sink
                             .send(Message::Text(protocol::render(&frame).into()))
                             .await;
-                        metrics::histogram!("tether_relay_seconds", "path" => path)
-                            .record(received.elapsed().as_secs_f64());
+                        histogram.record(received.elapsed().as_secs_f64());
                         sent
                     }
                     Outbound::Close(code, reason) => {
@@ -633,8 +641,11 @@ impl Hub {
             }
             Some((_, _, Some(Location::Local(other)))) => {
                 if let Some(c) = self.state().conns.get(&other) {
-                    let _ =
-                        c.tx.send(Outbound::Relayed(frame.into(), received, "local"));
+                    let _ = c.tx.send(Outbound::Relayed(
+                        frame.into(),
+                        received,
+                        self.relay_local.clone(),
+                    ));
                 }
             }
             Some((session_id, side, Some(Location::Remote(node)))) => {
@@ -761,8 +772,12 @@ impl Hub {
                     .local(&session_id, to)
                     .and_then(|c| st.conns.get(&c))
                     .is_some_and(|c| {
-                        c.tx.send(Outbound::Relayed(frame.into(), arrived, "from_peer_node"))
-                            .is_ok()
+                        c.tx.send(Outbound::Relayed(
+                            frame.into(),
+                            arrived,
+                            self.relay_from_peer_node.clone(),
+                        ))
+                        .is_ok()
                     });
                 SignalAnswer {
                     present: vec![],
@@ -879,23 +894,26 @@ impl Hub {
             reason: reason.clone(),
         };
         // Watchers hear of every session; operators of sessions on the robots they own.
-        let sessions = &self.config.sessions;
-        for c in st.conns.values() {
-            let told = match &c.identity {
-                Identity::Watcher => true,
-                Identity::Operator(claims) => sessions.owns(&claims.sub, &session.robot),
-                Identity::Robot(_) => false,
-            };
-            if told {
-                let _ = c.tx.send(Outbound::Frame(notice.clone()));
-            }
-        }
-        // After the notices: a connection's writer stops at its close, and an owner may
-        // also be one of the session's own connections.
+        let owner = self.config.sessions.owner_of(&session.robot);
+        let told = |identity: &Identity| match identity {
+            Identity::Watcher => true,
+            Identity::Operator(claims) => owner == Some(claims.sub.as_str()),
+            Identity::Robot(_) => false,
+        };
+        // The session's own connections first (S4). One that is also told gets the notice
+        // before its close: a writer stops at the close.
         for conn in &targets {
             if let Some(c) = st.conns.get(conn) {
+                if told(&c.identity) {
+                    let _ = c.tx.send(Outbound::Frame(notice.clone()));
+                }
                 let _ = c.tx.send(Outbound::Frame(frame.clone()));
                 let _ = c.tx.send(Outbound::Close(code, reason.clone()));
+            }
+        }
+        for (id, c) in &st.conns {
+            if told(&c.identity) && !targets.contains(id) {
+                let _ = c.tx.send(Outbound::Frame(notice.clone()));
             }
         }
         for conn in &targets {
