@@ -1,15 +1,20 @@
 //! The headless operator console: creates a session, connects through signaling, offers
 //! WebRTC to the robot, authenticates on the `session` channel, drives at 20 Hz, counts the
 //! video frames it receives, and stops at once when the session is revoked or terminated.
+//!
+//! Long file: one connection attempt is one sequence (signal, offer, authenticate, drive,
+//! watch for the end) whose steps share the attempt's state; split, it reads worse.
 
 use crate::events::EventLog;
 use crate::link::{SessionMessage, CONTROL_CHANNEL, SESSION_CHANNEL};
-use crate::signal::{self, http_url, Incoming, SignalSender};
 use serde_json::{json, Value};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tether_api::signal::{self, Incoming, SignalSender};
+use tether_api::{Client, ClientError};
+use tether_signaling::protocol::ClientFrame;
 use tokio::sync::mpsc;
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -156,41 +161,26 @@ pub async fn create_session(
     operator_token: &str,
     robot_id: &str,
 ) -> Result<CreatedSession, ConsoleError> {
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/sessions", http_url(gateway)))
-        .bearer_auth(operator_token)
-        .json(&json!({ "robot_id": robot_id }))
-        .send()
+    let created = Client::new(gateway, operator_token)
+        .create_session(robot_id)
         .await
-        .map_err(|e| ConsoleError::Http(e.to_string()))?;
-    let status = response.status();
-    let body: Value = response
-        .json()
-        .await
-        .map_err(|e| ConsoleError::Http(e.to_string()))?;
-    if !status.is_success() {
-        return Err(ConsoleError::Refused {
-            code: body["code"].as_str().unwrap_or("?").into(),
-            message: body["message"].as_str().unwrap_or("").into(),
-        });
-    }
+        .map_err(|e| match e {
+            ClientError::Api { body, .. } => ConsoleError::Refused {
+                code: body.code,
+                message: body.message,
+            },
+            ClientError::Http(e) => ConsoleError::Http(e.to_string()),
+        })?;
     Ok(CreatedSession {
-        session_id: body["session_id"].as_str().unwrap_or_default().into(),
-        token: body["token"].as_str().unwrap_or_default().into(),
+        session_id: created.session_id,
+        token: created.token,
     })
 }
 
 /// Ends the session (`DELETE /v1/sessions/{sid}`); a session already over is fine.
 async fn end_session(options: &ConsoleOptions, session_id: &str) {
-    let result = reqwest::Client::new()
-        .delete(format!(
-            "{}/v1/sessions/{session_id}",
-            http_url(&options.gateway)
-        ))
-        .bearer_auth(&options.operator_token)
-        .send()
-        .await;
-    if let Err(e) = result {
+    let client = Client::new(&options.gateway, &options.operator_token);
+    if let Err(e) = client.end_session(session_id).await {
         tracing::warn!(error = %e, "ending the session");
     }
 }
@@ -295,26 +285,15 @@ async fn refresh_token(
     options: &ConsoleOptions,
     session_id: &str,
 ) -> Result<Option<String>, Outcome> {
-    let response = reqwest::Client::new()
-        .post(format!(
-            "{}/v1/sessions/{session_id}/refresh",
-            http_url(&options.gateway)
-        ))
-        .bearer_auth(&options.operator_token)
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await;
-    let Ok(response) = response else {
-        return Ok(None);
-    };
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or_default();
-    match status.as_u16() {
-        200 => Ok(body["token"].as_str().map(str::to_owned)),
-        409 => Err(Outcome::Terminated(
-            body["message"].as_str().unwrap_or("session ended").into(),
-        )),
-        _ => Ok(None),
+    let client = Client::with_timeout(
+        &options.gateway,
+        &options.operator_token,
+        Duration::from_secs(2),
+    );
+    match client.refresh_session(session_id).await {
+        Ok(token) => Ok(Some(token.token)),
+        Err(ClientError::Api { status: 409, body }) => Err(Outcome::Terminated(body.message)),
+        Err(_) => Ok(None),
     }
 }
 
@@ -332,7 +311,9 @@ async fn connect_and_drive(
         }
         Err(e) => return Ok(Attempt::lost(e.to_string())),
     };
-    signal_tx.send(json!({"type": "join", "session_id": session.session_id}));
+    signal_tx.send(&ClientFrame::Join {
+        session_id: session.session_id.clone(),
+    });
     // Wait until admitted and the robot is in the room.
     let deadline = tokio::time::Instant::now() + PEER_TIMEOUT;
     loop {
@@ -441,7 +422,7 @@ async fn drive(
         .local_description()
         .await
         .ok_or_else(|| ConsoleError::Peer("no local description".into()))?;
-    signal_tx.send(json!({"type": "offer", "sdp": offer.sdp}));
+    signal_tx.send(&ClientFrame::Offer { sdp: offer.sdp });
 
     let auth_token = options.auth_token.as_deref().unwrap_or(&session.token);
     let mut ticker = tokio::time::interval(CONTROL_PERIOD);

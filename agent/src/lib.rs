@@ -9,5 +9,4 @@ pub mod link;
 pub mod peer;
 pub mod robot;
 pub mod safety;
-pub mod signal;
 pub mod video;

@@ -8,12 +8,13 @@ use crate::events::EventLog;
 use crate::guard::SafetyGuard;
 use crate::link::{ControlMessage, SessionMessage, CONTROL_CHANNEL, SESSION_CHANNEL};
 use crate::safety::{Credentials, DenyReason, Effect, SafetyConfig, StopCause};
-use crate::signal::{self, Incoming, SignalSender};
 use crate::video::TestPattern;
 use serde_json::{json, Value};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tether_api::signal::{self, Incoming, SignalSender};
+use tether_signaling::protocol::ClientFrame;
 use tokio::sync::mpsc;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::{
@@ -139,7 +140,7 @@ impl Agent {
                 let session_id = text("session_id");
                 let effects = self.guard.assign(&session_id);
                 self.carry_out(&effects);
-                tx.send(json!({"type": "join", "session_id": session_id}));
+                tx.send(&ClientFrame::Join { session_id });
             }
             "lease" => {
                 let ttl = Duration::from_millis(frame["ttl_ms"].as_u64().unwrap_or(0));
@@ -315,7 +316,7 @@ async fn negotiate(
         tracing::warn!("ICE gathering did not complete; answering with what there is");
     }
     if let Some(answer) = pc.local_description().await {
-        signal.send(json!({"type": "answer", "sdp": answer.sdp}));
+        signal.send(&ClientFrame::Answer { sdp: answer.sdp });
     }
     Ok(())
 }

@@ -4,7 +4,6 @@
 //! breaks the chain ([`verify`]). Records are queued and written by a task of their own,
 //! off the join, relay and teardown paths.
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -13,26 +12,8 @@ use tokio::sync::mpsc;
 /// The hash before the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// One ledger record.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct Record {
-    /// Position in this node's ledger, from 1.
-    pub seq: u64,
-    /// When (RFC 3339).
-    pub at: String,
-    /// The node that wrote it.
-    pub node: u64,
-    /// `SESSION_STARTED`, `SESSION_REVOKED`, `SESSION_TERMINATED`, `JOIN_DENIED`, `TEARDOWN`.
-    pub event: String,
-    /// The session concerned.
-    pub session_id: String,
-    /// Event details.
-    pub detail: serde_json::Value,
-    /// The previous record's hash.
-    pub prev: String,
-    /// SHA-256 over this record without `hash`.
-    pub hash: String,
-}
+/// One ledger record (the wire type, shared with clients).
+pub use tether_api::types::AuditRecord as Record;
 
 fn digest(record: &Record) -> String {
     let mut unhashed = record.clone();
@@ -80,7 +61,7 @@ impl AuditLog {
                 seq += 1;
                 let mut record = Record {
                     seq,
-                    at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                    at: tether_api::time::rfc3339(tether_api::time::now_ms()),
                     node,
                     event: e.event.into(),
                     session_id: e.session_id,

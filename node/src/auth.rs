@@ -6,7 +6,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+use tether_api::time::unix_now;
 
 /// The issuer written into and required in every token.
 pub const ISSUER: &str = "tether";
@@ -61,13 +62,6 @@ impl Claims {
             robot: None,
         }
     }
-}
-
-/// Now, as a duration since the UNIX epoch.
-pub fn unix_now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
 }
 
 /// Why a token was refused.
@@ -164,66 +158,24 @@ impl Minter {
     }
 }
 
-/// The same claims as an unsigned `alg: none` token. Only for proving that such tokens are
-/// refused: [`Verifier::verify`] accepts nothing but EdDSA.
-pub fn unsigned_token(claims: &Claims) -> String {
-    let header = br#"{"alg":"none","typ":"JWT"}"#;
-    let body = serde_json::to_vec(claims).expect("claims always serialize");
-    format!("{}.{}.", base64url(header), base64url(&body))
-}
-
-/// Unpadded URL-safe base64.
-fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
 /// A fresh Ed25519 key pair as (private PKCS#8 PEM, public SPKI PEM).
 pub fn generate_signing_key() -> Result<(String, String), rcgen::Error> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
     Ok((key.serialize_pem(), key.public_key_pem()))
 }
 
-/// Checks session tokens for the robot agent with the cluster's public key: a valid
-/// operator token carrying a session id.
-pub struct SessionTokenCheck(pub Verifier);
-
-impl tether_agent::robot::TokenCheck for SessionTokenCheck {
-    fn check(
-        &self,
-        token: &str,
-    ) -> Result<tether_agent::safety::Credentials, tether_agent::safety::DenyReason> {
-        use tether_agent::safety::DenyReason;
-        let claims = self.0.verify(token).map_err(|e| match e {
-            AuthError::Expired => DenyReason::TokenExpired,
-            _ => DenyReason::InvalidToken,
-        })?;
-        match (claims.role, claims.sid) {
-            (Role::Operator, Some(session_id)) => Ok(tether_agent::safety::Credentials {
-                session_id,
-                token_id: claims.jti,
-                operator: claims.sub,
-            }),
-            _ => Err(DenyReason::InvalidToken),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+
+    /// The same claims as an unsigned `alg: none` token, to prove such tokens are refused.
+    fn unsigned_token(claims: &Claims) -> String {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = br#"{"alg":"none","typ":"JWT"}"#;
+        let body = serde_json::to_vec(claims).expect("claims always serialize");
+        format!("{}.{}.", b64.encode(header), b64.encode(body))
+    }
 
     fn pair() -> (Minter, Verifier) {
         let (private, public) = generate_signing_key().unwrap();

@@ -3,8 +3,10 @@
 //!
 //! The decisions live in `tether-signaling` (frames, rooms, rate limits) and in the
 //! replicated state; this module does the I/O around them.
+//!
+//! Long file: until its decisions move into the sans-io hub core in `tether-signaling`.
 
-use crate::auth::{unix_now, Claims, Role, Verifier};
+use crate::auth::{Claims, Role, Verifier};
 use crate::config::NodeConfig;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{SinkExt, StreamExt};
@@ -343,10 +345,10 @@ impl Hub {
         let claims = match self.verifier.verify(&token) {
             Ok(claims) => claims,
             Err(e) => {
-                let code = crate::error::ApiError::from(e);
+                let code = crate::http::ApiError::from(e);
                 return fail(
                     close::AUTH_FAILED,
-                    code.code(),
+                    code.code().as_str(),
                     format!("token refused: {}", code.code()),
                 );
             }
@@ -889,7 +891,7 @@ impl Hub {
             session_id: session.id.clone(),
             operator: session.operator.clone(),
             robot: session.robot.clone(),
-            terminated_at: crate::api::rfc3339(ended_at),
+            terminated_at: tether_api::time::rfc3339(ended_at),
             duration_seconds: ended_at.saturating_sub(session.created_at) / 1000,
             reason: reason.clone(),
         };
@@ -1094,11 +1096,6 @@ const LEASE_SLICE: usize = 4;
 
 /// How long a closing connection waits for the peer's close frame.
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
-
-/// Now in milliseconds since the epoch, for session commands.
-pub fn now_ms() -> u64 {
-    unix_now().as_millis() as u64
-}
 
 #[cfg(test)]
 mod tests {

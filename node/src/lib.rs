@@ -1,22 +1,15 @@
-//! The Tether gateway node: configuration, tokens, the HTTP API, and [`start_node`], the one
-//! way a node is started by `main`, the tests and the chaos suite alike.
+//! The Tether gateway node: configuration, tokens, audit, the signaling gateway, the HTTP
+//! API, and [`start_node`], the one way a node is started (by `tether node`, the tests and
+//! the chaos suite alike).
 //!
-//! This crate wires the layers together; it is the only one that knows them all.
+//! This crate is the gateway process only: no command line, no WebRTC, no bench or dev
+//! tooling (those sit above it, in `node/cli`, `node/devkit` and `tests/bench`).
 
-pub mod api;
 pub mod audit;
 pub mod auth;
-pub mod bench;
-pub mod bench_etcd;
-pub mod bench_robot;
-pub mod bench_signaling;
-pub mod client;
 pub mod config;
-pub mod console;
-pub mod dev;
-pub mod error;
 pub mod gateway;
-pub mod sessions;
+pub mod http;
 pub mod telemetry;
 
 use crate::config::NodeConfig;
@@ -163,7 +156,7 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         audit.clone(),
     );
     let hub_tasks = hub.start(stopped.clone());
-    let app = api::router(api::AppState {
+    let app = http::router(http::AppState {
         raft: raft.clone(),
         verifier,
         public_key_pem: public_key_pem.into(),
@@ -210,12 +203,8 @@ async fn expire_loop(
             _ = tick.tick() => {}
             _ = stopped.wait_for(|s| *s) => return,
         }
-        let is_leader = {
-            let m = raft.raft().metrics();
-            let m = m.borrow();
-            m.current_leader == Some(m.id)
-        };
-        let now = auth::unix_now().as_millis() as u64;
+        let is_leader = raft.is_leader();
+        let now = tether_api::time::now_ms();
         let due = raft.view().read().next_expiry().is_some_and(|at| at <= now);
         if is_leader && due {
             match raft.write(Command::Expire { now }, every).await {

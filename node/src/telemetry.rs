@@ -38,14 +38,12 @@ pub fn init_logging(default: &str) {
 
 /// Copies Raft and store state into gauges.
 pub fn update_gauges(raft: &RaftNode) {
-    let m = raft.raft().metrics().borrow().clone();
-    metrics::gauge!("tether_raft_term").set(m.current_term as f64);
-    metrics::gauge!("tether_raft_leader").set(m.current_leader.unwrap_or(0) as f64);
-    metrics::gauge!("tether_raft_is_leader")
-        .set(f64::from(u8::from(m.current_leader == Some(m.id))));
+    let m = raft.status();
+    metrics::gauge!("tether_raft_term").set(m.term as f64);
+    metrics::gauge!("tether_raft_leader").set(m.leader.unwrap_or(0) as f64);
+    metrics::gauge!("tether_raft_is_leader").set(f64::from(u8::from(m.is_leader())));
     metrics::gauge!("tether_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
-    metrics::gauge!("tether_raft_applied_index")
-        .set(m.last_applied.map(|l| l.index).unwrap_or(0) as f64);
+    metrics::gauge!("tether_raft_applied_index").set(m.applied_index.unwrap_or(0) as f64);
     let view = raft.view().read();
     for kind in RevocationKind::ALL {
         metrics::gauge!("tether_revocations_stored", "kind" => kind.as_str())

@@ -7,7 +7,8 @@
 
 use crate::rpc::ForwardError;
 use std::sync::Arc;
-use tether_store::{Command, NodeId, NodeInfo, Raft, Response};
+use tether_store::{Command, NodeId, NodeInfo, Response};
+use tether_store_rocks::Raft;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Log entries in flight at once.

@@ -1,7 +1,7 @@
 //! Tether's Raft layer: openraft over QUIC (quinn) with mutual TLS from a cluster CA, write
 //! forwarding to the leader, and the linearizable-read barrier behind S2.
 //!
-//! Layering: depends on `tether-store` for the types and storage; knows nothing about HTTP,
+//! Layering: depends on `tether-store` for the types and `tether-store-rocks` for storage; knows nothing about HTTP,
 //! tokens or signaling. The node-to-node connection it owns is the one later shared by the
 //! signaling relay.
 
@@ -11,8 +11,10 @@ pub mod network;
 pub mod node;
 pub mod rpc;
 mod server;
+pub mod status;
 pub mod tls;
 
 pub use node::{RaftNode, RaftNodeConfig, RaftNodeError, RaftTiming, SignalHandler};
 pub use rpc::ForwardError;
+pub use status::{MemberStatus, RaftStatus};
 pub use tls::{generate_ca, issue_node_cert, CertPair, TlsIdentity};

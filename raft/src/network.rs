@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tether_store::{NodeId, NodeInfo, TypeConfig};
+use tether_store::{NodeId, NodeInfo};
+use tether_store_rocks::TypeConfig;
 
 /// How long a connection attempt may take before the peer counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);

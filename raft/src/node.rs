@@ -1,9 +1,13 @@
 //! One Raft member: storage, QUIC endpoint, openraft, and the operations the gateway needs
 //! (write anywhere, linearizable barrier, membership), each routed to the leader.
+//!
+//! Long file: each operation here is short, but they share the one `Shared` core and its
+//! leader-routing retries; the batching and forwarding queues already live apart.
 
 use crate::network::{CallError, NetworkFactory, Peers};
 use crate::rpc::{ForwardError, Reply, Request};
 use crate::server;
+use crate::status::{MemberStatus, RaftStatus};
 use crate::tls::{TlsError, TlsIdentity};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, LogId, SnapshotPolicy};
@@ -12,7 +16,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tether_store::{Command, NodeId, NodeInfo, Raft, Response, StateView};
+use tether_store::{Command, NodeId, NodeInfo, Response, StateView};
+use tether_store_rocks::Raft;
 use tokio::time::Instant;
 
 /// Raft timing and log compaction.
@@ -66,7 +71,7 @@ pub struct RaftNodeConfig {
 pub enum RaftNodeError {
     /// The store could not open.
     #[error("store: {0}")]
-    Store(#[from] tether_store::StoreError),
+    Store(#[from] tether_store_rocks::StoreError),
     /// The TLS material is unusable.
     #[error("tls: {0}")]
     Tls(#[from] TlsError),
@@ -201,7 +206,7 @@ impl RaftNode {
     /// Opens the store, binds the QUIC endpoint and starts openraft.
     pub async fn start(config: RaftNodeConfig) -> Result<Self, RaftNodeError> {
         std::fs::create_dir_all(&config.data_dir)?;
-        let (log_store, state_machine) = tether_store::open(&config.data_dir, config.fsync)?;
+        let (log_store, state_machine) = tether_store_rocks::open(&config.data_dir, config.fsync)?;
         let view = state_machine.view();
         let events = state_machine.events();
 
@@ -260,9 +265,53 @@ impl RaftNode {
         self.shared.id
     }
 
-    /// The openraft handle, for metrics and waits.
-    pub fn raft(&self) -> &Raft {
+    /// The openraft handle (inside the Raft layer only: everything above reads
+    /// [`RaftNode::status`]).
+    pub(crate) fn raft(&self) -> &Raft {
         &self.shared.raft
+    }
+
+    /// This member's view of the cluster now.
+    pub fn status(&self) -> RaftStatus {
+        let m = self.raft().metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<_> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, info)| MemberStatus {
+                id: *id,
+                info: info.clone(),
+                voter: voters.contains(id),
+                matched_index: m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten().map(|l| l.index)),
+            })
+            .collect();
+        RaftStatus {
+            id: m.id,
+            state: format!("{:?}", m.state).to_lowercase(),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            members,
+        }
+    }
+
+    /// The committed index as this node knows it (asks openraft's core).
+    pub async fn committed_index(&self) -> Result<Option<u64>, RaftNodeError> {
+        self.raft()
+            .with_raft_state(|st| st.committed.map(|l| l.index))
+            .await
+            .map_err(|e| RaftNodeError::Unavailable(e.to_string()))
+    }
+
+    /// Whether this node believes it is the leader.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft().metrics();
+        let m = m.borrow();
+        m.current_leader == Some(m.id)
     }
 
     /// The applied revocation state.

@@ -9,7 +9,8 @@ use openraft::raft::{
 use openraft::LogId;
 use serde::{Deserialize, Serialize};
 use tether_store::codec::{decode, encode, CodecError};
-use tether_store::{Command, NodeId, NodeInfo, Response, TypeConfig};
+use tether_store::{Command, NodeId, NodeInfo, Response};
+use tether_store_rocks::TypeConfig;
 
 /// The largest frame accepted: a snapshot chunk or a batch of log entries.
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;

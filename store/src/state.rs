@@ -24,6 +24,39 @@ pub enum Mutation {
     DeleteSession(String),
 }
 
+/// What applying the log changed about sessions, for the nodes' signaling (S4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// A session started.
+    Started(Session),
+    /// A session ended (terminated or revoked).
+    Ended(Session),
+    /// A snapshot replaced the state: re-check every session.
+    Reset,
+}
+
+/// The session events one applied command's response carries: the apply function's second
+/// output, which the nodes' teardown (S4) consumes.
+pub fn session_events(response: &Response) -> Vec<SessionEvent> {
+    let mut out = Vec::new();
+    collect_session_events(response, &mut out);
+    out
+}
+
+fn collect_session_events(response: &Response, out: &mut Vec<SessionEvent>) {
+    match response {
+        Response::SessionStarted(s) => out.push(SessionEvent::Started(s.clone())),
+        Response::SessionEnded(s) => out.push(SessionEvent::Ended(s.clone())),
+        Response::Revoked { ended, .. } => {
+            out.extend(ended.iter().cloned().map(SessionEvent::Ended))
+        }
+        Response::Batch(responses) => responses
+            .iter()
+            .for_each(|r| collect_session_events(r, out)),
+        _ => {}
+    }
+}
+
 /// Every live revocation, indexed by key and by expiry.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReplicatedState {
@@ -405,7 +438,9 @@ impl StateView {
         self.0.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn write(&self) -> std::sync::RwLockWriteGuard<'_, ReplicatedState> {
+    /// Writes the state: for the state machine store alone (`tether-store-rocks`), which
+    /// applies committed entries and installs snapshots.
+    pub fn write(&self) -> std::sync::RwLockWriteGuard<'_, ReplicatedState> {
         self.0.write().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -5,13 +5,16 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tether_node::api::ClusterView;
+use tether_api::signal::SignalSocket;
+use tether_api::types::{ClusterView, SessionToken};
+use tether_api::Client;
+use tether_devkit::cluster::{wait_for_leader, LocalCluster};
+use tether_devkit::{ChildProcess, Isolation, NodeProcess, Secrets};
 use tether_node::auth::Role;
-use tether_node::client::Client;
 use tether_node::config::NodeConfig;
-use tether_node::dev::{self, Isolation, NodeProcess, Secrets};
 
-pub use tether_node;
+pub use tether_api::signal::Incoming as Seen;
+pub use {tether_api, tether_devkit, tether_node};
 
 pub mod webdriver;
 
@@ -38,22 +41,24 @@ pub fn tether_bin() -> PathBuf {
     bin
 }
 
+/// The claims as an unsigned `alg: none` token, to prove such tokens are refused.
+pub fn unsigned_token(claims: &tether_node::auth::Claims) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = br#"{"alg":"none","typ":"JWT"}"#;
+    let body = serde_json::to_vec(claims).expect("claims always serialize");
+    format!("{}.{}.", b64.encode(header), b64.encode(body))
+}
+
 /// Polls `check` until it yields `Some`, or panics with `what` after `timeout`.
 pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    match tether_devkit::wait::poll_until(what, timeout, &mut check).await {
+        Ok(v) => v,
+        Err(why) => panic!("{why}"),
     }
 }
 
@@ -78,26 +83,14 @@ impl TestCluster {
 
     /// Starts `n` nodes after letting `tweak` edit each config.
     pub async fn start_with(n: u64, tweak: impl Fn(&mut NodeConfig)) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("tether-test-")
-            .tempdir()
-            .expect("temp dir");
-        let configs = dev::generate(dir.path(), n).expect("generating the cluster");
-        for mut config in configs {
-            tweak(&mut config);
-            dev::save_config(&dev::config_path(dir.path(), config.id), &config)
-                .expect("saving config");
-        }
-        let secrets = Secrets::open(dir.path()).expect("secrets");
-        let admin_token = secrets
-            .mint("test-admin", Role::Admin, Duration::from_secs(3600))
-            .expect("admin token");
-        let bin = tether_bin();
-        let nodes = (1..=n)
-            .map(|id| {
-                NodeProcess::spawn(&bin, &dev::config_path(dir.path(), id)).expect("spawning node")
-            })
-            .collect();
+        let LocalCluster {
+            dir,
+            secrets,
+            admin_token,
+            bin,
+            nodes,
+        } = LocalCluster::spawn("tether-test-", "test-admin", &tether_bin(), n, tweak)
+            .expect("starting the cluster");
         let cluster = Self {
             dir,
             nodes,
@@ -141,21 +134,10 @@ impl TestCluster {
 
     /// Node `id`'s unlabelled metrics (`/metrics`), by name.
     pub async fn metrics(&self, id: u64) -> Option<std::collections::HashMap<String, f64>> {
-        let text = reqwest::get(format!("http://{}/metrics", self.node(id).http))
-            .await
-            .ok()?
-            .text()
+        let scrape = tether_devkit::metrics::scrape(self.node(id).http)
             .await
             .ok()?;
-        Some(
-            text.lines()
-                .filter(|l| !l.starts_with('#') && !l.contains('{'))
-                .filter_map(|l| {
-                    let (name, value) = l.split_once(' ')?;
-                    Some((name.to_owned(), value.trim().parse().ok()?))
-                })
-                .collect(),
-        )
+        Some(scrape.unlabelled())
     }
 
     /// Waits until node `id` holds nothing for signaling: no connections, rooms, room
@@ -185,7 +167,7 @@ impl TestCluster {
 
     /// Waits until every running node agrees on a leader and returns it.
     pub async fn leader(&self) -> u64 {
-        dev::wait_for_leader(&self.nodes, &self.admin_token, WAIT)
+        wait_for_leader(&self.nodes, &self.admin_token, WAIT)
             .await
             .expect("a leader")
     }
@@ -251,29 +233,18 @@ impl TestCluster {
     }
 }
 
-/// A signaling WebSocket client for tests.
+/// A signaling WebSocket client for tests: [`SignalSocket`] with waits that fail the test.
 pub struct SignalClient {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-}
-
-/// What a [`SignalClient`] saw next.
-#[derive(Debug, PartialEq)]
-pub enum Seen {
-    /// A JSON text frame.
-    Frame(serde_json::Value),
-    /// A close frame with its code.
-    Closed(u16),
+    socket: SignalSocket,
 }
 
 impl SignalClient {
     /// Connects to `/v1/signal` on `http` (host:port).
     pub async fn connect(http: std::net::SocketAddr) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}/v1/signal"))
+        let socket = SignalSocket::connect(&http.to_string())
             .await
             .expect("websocket connect");
-        Self { ws }
+        Self { socket }
     }
 
     /// Connects and authenticates; panics unless `auth_ok` comes back.
@@ -292,11 +263,8 @@ impl SignalClient {
 
     /// Sends raw text.
     pub async fn send_text(&mut self, text: String) {
-        use futures::SinkExt;
-        let _ = self
-            .ws
-            .send(tokio_tungstenite::tungstenite::Message::Text(text.into()))
-            .await;
+        // A send on a socket the server closed fails; the test then sees the close.
+        let _ = self.socket.send_text(text).await;
     }
 
     /// The next frame or close, within [`WAIT`].
@@ -305,23 +273,9 @@ impl SignalClient {
     }
 
     async fn next_before(&mut self, deadline: tokio::time::Instant) -> Seen {
-        use futures::StreamExt;
-        use tokio_tungstenite::tungstenite::Message;
-        loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .expect("timed out waiting for a signaling frame");
-            match msg {
-                Some(Ok(Message::Text(t))) => {
-                    return Seen::Frame(serde_json::from_str(&t).expect("server frames are JSON"))
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    return Seen::Closed(frame.map(|f| u16::from(f.code)).unwrap_or(1005))
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Seen::Closed(1006),
-            }
-        }
+        tokio::time::timeout_at(deadline, self.socket.next())
+            .await
+            .expect("timed out waiting for a signaling frame")
     }
 
     /// The next frame, which must have `type` = `kind`; returns it.
@@ -377,17 +331,12 @@ impl TestCluster {
             .expect("minting a token")
     }
 
-    /// Creates a session for `operator` on `robot` through node `id`; returns the JSON body.
-    pub async fn create_session(&self, id: u64, operator: &str, robot: &str) -> serde_json::Value {
-        let response = reqwest::Client::new()
-            .post(format!("http://{}/v1/sessions", self.node(id).http))
-            .bearer_auth(self.token(operator, Role::Operator))
-            .json(&serde_json::json!({ "robot_id": robot }))
-            .send()
+    /// Creates a session for `operator` on `robot` through node `id`.
+    pub async fn create_session(&self, id: u64, operator: &str, robot: &str) -> SessionToken {
+        self.client_with(id, &self.token(operator, Role::Operator))
+            .create_session(robot)
             .await
-            .expect("POST /v1/sessions");
-        assert_eq!(response.status(), 200, "creating a session");
-        response.json().await.expect("session JSON")
+            .expect("POST /v1/sessions")
     }
 }
 
@@ -396,20 +345,20 @@ impl TestCluster {
     /// installs).
     pub fn isolate(&self, id: u64) -> Isolation {
         let port = self.node(id).raft.port();
-        dev::drop_ports("udp", &[port], &format!("{id}")).expect("iptables (root needed)")
+        tether_devkit::drop_ports("udp", &[port], &format!("{id}")).expect("iptables (root needed)")
     }
 
     /// Cuts WebRTC to and from a robot whose media binds `addr` (`--rtc-ip`): a transient
     /// network loss between console and robot, with signaling untouched.
     pub fn cut_media(&self, addr: std::net::IpAddr) -> Isolation {
-        dev::drop_address("udp", addr, "media").expect("iptables (root needed)")
+        tether_devkit::drop_address("udp", addr, "media").expect("iptables (root needed)")
     }
 
     /// Cuts every client off from every node's HTTP and WebSocket port: a robot agent then
     /// hears no gateway at all, while WebRTC between console and robot goes on.
     pub fn cut_gateways(&self) -> Isolation {
         let ports: Vec<u16> = self.nodes.iter().map(|n| n.http.port()).collect();
-        dev::drop_ports("tcp", &ports, "gateways").expect("iptables (root needed)")
+        tether_devkit::drop_ports("tcp", &ports, "gateways").expect("iptables (root needed)")
     }
 }
 
@@ -454,7 +403,7 @@ pub struct AgentProcess {
     /// Its events.
     pub events: EventsFile,
     /// The process.
-    pub process: dev::ChildProcess,
+    pub process: ChildProcess,
 }
 
 impl TestCluster {
@@ -471,12 +420,13 @@ impl TestCluster {
         let events = EventsFile::new(self.dir.path().join(format!("{robot}-events.jsonl")));
         let log =
             std::fs::File::create(self.dir.path().join(format!("{robot}.log"))).expect("agent log");
-        let mut command = dev::agent_command(&self.bin, &addrs, robot, &token, Some(events.path()));
+        let mut command =
+            tether_devkit::agent_command(&self.bin, &addrs, robot, &token, Some(events.path()));
         command
             .args(extra)
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
-        let process = dev::ChildProcess::spawn(command).expect("spawning the agent");
+        let process = ChildProcess::spawn(command).expect("spawning the agent");
         events.wait("gateway_connected", |_| true).await;
         AgentProcess { events, process }
     }
@@ -507,7 +457,7 @@ impl TestCluster {
             .stdin(std::process::Stdio::null())
             .stdout(std::fs::File::create(&stdout).expect("console stdout"))
             .stderr(std::fs::File::create(stdout.with_extension("err")).expect("console stderr"));
-        let process = dev::ChildProcess::spawn(command).expect("spawning the console");
+        let process = ChildProcess::spawn(command).expect("spawning the console");
         ConsoleProcess {
             events,
             stdout,
@@ -523,7 +473,7 @@ pub struct ConsoleProcess {
     /// Its standard output, as a file.
     pub stdout: PathBuf,
     /// The process.
-    pub process: dev::ChildProcess,
+    pub process: ChildProcess,
 }
 
 impl ConsoleProcess {

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
-use tether_node::dev::ChildProcess;
+use tether_devkit::ChildProcess;
 
 /// Where Debian puts Chromium and its driver.
 pub const CHROMIUM: &str = "/usr/bin/chromium";

@@ -143,13 +143,10 @@ async fn bad_bodies_and_bad_tokens_are_refused_with_codes_and_write_nothing() {
     let operator = minter
         .mint(&Claims::new("op", Role::Operator, Duration::from_secs(60)))
         .unwrap();
-    let unsigned = tether_node::auth::unsigned_token(&Claims::new(
-        "evil",
-        Role::Admin,
-        Duration::from_secs(60),
-    ));
+    let unsigned =
+        tether_tests::unsigned_token(&Claims::new("evil", Role::Admin, Duration::from_secs(60)));
     let foreign_dir = tempfile::tempdir().unwrap();
-    let foreign = tether_node::dev::Secrets::ensure(foreign_dir.path()).unwrap();
+    let foreign = tether_devkit::Secrets::ensure(foreign_dir.path()).unwrap();
     let foreign_token = foreign
         .mint("admin", Role::Admin, Duration::from_secs(60))
         .unwrap();

@@ -3,7 +3,7 @@
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use tether_node::dev::ClusterFile;
+use tether_devkit::ClusterFile;
 use tether_tests::{tether_bin, wait_until, WAIT};
 
 struct KillOnDrop(std::process::Child);

@@ -2,7 +2,8 @@
 
 use std::collections::BTreeSet;
 use std::time::Duration;
-use tether_node::client::Target;
+use tether_api::types::AddMemberRequest;
+use tether_api::Target;
 use tether_tests::{wait_until, TestCluster, WAIT};
 
 fn session(id: &str) -> Target {
@@ -213,14 +214,19 @@ async fn a_member_can_be_added_and_another_removed() {
         .revoke(&session("before-join"), "x", None)
         .await
         .unwrap();
-    let (http, raft) = tether_node::dev::free_addrs().unwrap();
+    let (http, raft) = tether_devkit::free_addrs().unwrap();
     let config = cluster.secrets.node_config(4, http, raft, &[]).unwrap();
-    let path = tether_node::dev::config_path(cluster.dir.path(), 4);
+    let path = tether_devkit::config_path(cluster.dir.path(), 4);
     assert_eq!(config.id, 4);
     cluster.adopt(&path);
     let view = cluster
         .client(2)
-        .add_member(4, &raft.to_string(), &http.to_string(), None)
+        .add_member(&AddMemberRequest {
+            id: 4,
+            raft_addr: raft,
+            http_addr: http,
+            timeout_ms: None,
+        })
         .await
         .unwrap();
     assert!(view.members.iter().any(|m| m.id == 4 && m.voter));
@@ -249,8 +255,8 @@ async fn a_member_can_be_added_and_another_removed() {
 async fn a_node_with_a_certificate_from_another_ca_can_neither_join_nor_send_rpcs() {
     let mut cluster = TestCluster::start(3).await;
     let foreign_dir = tempfile::tempdir().unwrap();
-    let foreign = tether_node::dev::Secrets::ensure(foreign_dir.path()).unwrap();
-    let (http, raft) = tether_node::dev::free_addrs().unwrap();
+    let foreign = tether_devkit::Secrets::ensure(foreign_dir.path()).unwrap();
+    let (http, raft) = tether_devkit::free_addrs().unwrap();
     let config = foreign.node_config(4, http, raft, &[]).unwrap();
 
     // RPCs from the foreign identity are refused at the handshake.
@@ -272,12 +278,12 @@ async fn a_node_with_a_certificate_from_another_ca_can_neither_join_nor_send_rpc
     cluster.adopt(&foreign_dir.path().join("node4/config.toml"));
     let joined = cluster
         .client(1)
-        .add_member(
-            4,
-            &raft.to_string(),
-            &http.to_string(),
-            Some(Duration::from_secs(2)),
-        )
+        .add_member(&AddMemberRequest {
+            id: 4,
+            raft_addr: raft,
+            http_addr: http,
+            timeout_ms: Some(2_000),
+        })
         .await;
     assert_eq!(joined.unwrap_err().code(), Some("unavailable"));
     let view = cluster.client(1).cluster().await.unwrap();

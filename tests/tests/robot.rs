@@ -5,8 +5,8 @@
 use serde_json::Value;
 use std::time::Duration;
 use tether_agent::events::{millis, monotonic_now};
+use tether_api::Target;
 use tether_node::auth::{Claims, Role};
-use tether_node::client::Target;
 use tether_tests::TestCluster;
 
 fn t_ms(e: &Value) -> f64 {

@@ -1,8 +1,8 @@
 //! Sessions and signaling through real WebSocket clients against a multi-process cluster.
 
 use serde_json::json;
+use tether_api::Target;
 use tether_node::auth::Role;
-use tether_node::client::Target;
 use tether_tests::{wait_until, SignalClient, TestCluster, WAIT};
 
 const SDP: &str =
@@ -22,8 +22,8 @@ async fn pair(
     )
     .await;
     let session = cluster.create_session(operator_node, operator, robot).await;
-    let sid = session["session_id"].as_str().unwrap().to_owned();
-    let token = session["token"].as_str().unwrap().to_owned();
+    let sid = session.session_id.clone();
+    let token = session.token.clone();
     assert_eq!(
         r.expect("session_assigned").await["session_id"],
         sid.as_str()
@@ -310,7 +310,7 @@ async fn bad_tokens_and_bad_frames_get_clear_codes() {
         .await;
     op.expect_error("session_not_found").await;
     let session = cluster.create_session(1, "alice", "robot-x").await;
-    op.send(json!({"type": "join", "session_id": session["session_id"]}))
+    op.send(json!({"type": "join", "session_id": session.session_id}))
         .await;
     op.expect_error("forbidden").await;
 }
@@ -351,13 +351,12 @@ async fn a_node_cut_off_from_the_quorum_refuses_joins_and_stops_leases() {
     let session = cluster.create_session(1, "alice", "robot-q").await;
     r.expect("session_assigned").await;
     let lease = r.expect("lease").await;
-    assert_eq!(lease["session_id"], session["session_id"]);
+    assert_eq!(lease["session_id"], session.session_id.as_str());
     assert_eq!(lease["ttl_ms"], 1000);
     cluster.kill(2);
     cluster.kill(3);
-    let mut o =
-        SignalClient::authed(cluster.node(1).http, session["token"].as_str().unwrap()).await;
-    o.send(json!({"type": "join", "session_id": session["session_id"]}))
+    let mut o = SignalClient::authed(cluster.node(1).http, &session.token).await;
+    o.send(json!({"type": "join", "session_id": session.session_id}))
         .await;
     // Leases already in flight may still arrive on the robot; the operator's join fails closed.
     o.expect_error("unavailable").await;
@@ -411,7 +410,7 @@ async fn a_live_node_partitioned_into_a_minority_fails_closed_and_stops_leases()
     )
     .await;
     let session = cluster.create_session(cut, "alice", "robot-p").await;
-    let sid = session["session_id"].as_str().unwrap().to_owned();
+    let sid = session.session_id.clone();
     r.expect("session_assigned").await;
     r.expect("lease").await;
     let isolation = cluster.isolate(cut);
@@ -422,8 +421,7 @@ async fn a_live_node_partitioned_into_a_minority_fails_closed_and_stops_leases()
         .revoke(&Target::Session(sid.clone()), "partitioned", None)
         .await
         .unwrap();
-    let mut o =
-        SignalClient::authed(cluster.node(cut).http, session["token"].as_str().unwrap()).await;
+    let mut o = SignalClient::authed(cluster.node(cut).http, &session.token).await;
     o.send(json!({"type": "join", "session_id": sid})).await;
     o.expect_error("unavailable").await;
     let leases = r
@@ -436,8 +434,7 @@ async fn a_live_node_partitioned_into_a_minority_fails_closed_and_stops_leases()
         assert_eq!(peer.expect("revoked").await["reason"], "partitioned");
         assert_eq!(peer.closed().await, 4001);
     }
-    let mut late =
-        SignalClient::authed(cluster.node(cut).http, session["token"].as_str().unwrap()).await;
+    let mut late = SignalClient::authed(cluster.node(cut).http, &session.token).await;
     late.send(json!({"type": "join", "session_id": sid})).await;
     late.expect_error("session_revoked").await;
 }

@@ -3,8 +3,8 @@
 //! robot, and a revoke shows the banner and stops the robot.
 
 use std::time::Duration;
+use tether_api::Target;
 use tether_node::auth::Role;
-use tether_node::client::Target;
 use tether_tests::webdriver::Browser;
 use tether_tests::{wait_until, TestCluster, WAIT};
 

@@ -4,7 +4,8 @@
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{Entry, EntryPayload, LogId, StorageError};
-use tether_store::{Command, LogStore, RevocationKind, StateMachineStore, TypeConfig};
+use tether_store::{Command, RevocationKind};
+use tether_store_rocks::{LogStore, StateMachineStore, TypeConfig};
 
 struct RocksBuilder;
 
@@ -13,7 +14,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (log, sm) = tether_store::open(dir.path(), true).expect("open store");
+        let (log, sm) = tether_store_rocks::open(dir.path(), true).expect("open store");
         Ok((dir, log, sm))
     }
 }
@@ -27,7 +28,7 @@ fn rocksdb_store_passes_the_openraft_suite() {
 async fn applied_revocations_and_the_vote_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let (mut log, mut sm) = tether_store::open(dir.path(), true).unwrap();
+        let (mut log, mut sm) = tether_store_rocks::open(dir.path(), true).unwrap();
         log.save_vote(&openraft::Vote::new(3, 1)).await.unwrap();
         let entry = Entry::<TypeConfig> {
             log_id: LogId::new(openraft::CommittedLeaderId::new(3, 2), 7),
@@ -42,7 +43,7 @@ async fn applied_revocations_and_the_vote_survive_reopening() {
         };
         sm.apply([entry]).await.unwrap();
     }
-    let (mut log, mut sm) = tether_store::open(dir.path(), true).unwrap();
+    let (mut log, mut sm) = tether_store_rocks::open(dir.path(), true).unwrap();
     assert_eq!(
         log.read_vote().await.unwrap(),
         Some(openraft::Vote::new(3, 1))

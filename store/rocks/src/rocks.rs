@@ -1,5 +1,8 @@
 //! openraft's log storage and state machine on RocksDB.
 //!
+//! Long file: openraft's three storage traits (log, state machine, snapshot builder) over
+//! one database, whose column families and keys are best read in one place.
+//!
 //! Column families: `log` (entries by big-endian index), `meta` (vote, last purged log id),
 //! `revocations` (one key per entry), `sm_meta` (last applied log id, membership) and
 //! `snapshot` (the current snapshot's meta and data). Log appends are written with a synced
@@ -12,10 +15,7 @@
 // return it too rather than boxing and unboxing at each trait boundary.
 #![allow(clippy::result_large_err)]
 
-use crate::codec::{decode, encode};
-use crate::model::{Response, Revocation, RevocationKind, Session};
-use crate::state::{Mutation, ReplicatedState, StateView};
-use crate::{NodeId, NodeInfo, TypeConfig};
+use crate::TypeConfig;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader,
@@ -30,6 +30,10 @@ use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
+use tether_store::codec::{decode, encode};
+use tether_store::model::{Response, Revocation, RevocationKind, Session};
+use tether_store::state::{session_events, Mutation, ReplicatedState, SessionEvent, StateView};
+use tether_store::{NodeId, NodeInfo};
 
 const CF_LOG: &str = "log";
 const CF_META: &str = "meta";
@@ -55,7 +59,7 @@ pub enum StoreError {
     Rocks(#[from] rocksdb::Error),
     /// A stored value did not decode.
     #[error(transparent)]
-    Codec(#[from] crate::codec::CodecError),
+    Codec(#[from] tether_store::codec::CodecError),
 }
 
 /// Opens (or creates) the store in `dir`. With `fsync` off, log appends are not synced: for
@@ -295,29 +299,6 @@ struct SnapshotPayload {
     sessions: Vec<Session>,
 }
 
-/// What applying the log changed about sessions, for the nodes' signaling (S4).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SessionEvent {
-    /// A session started.
-    Started(Session),
-    /// A session ended (terminated or revoked).
-    Ended(Session),
-    /// A snapshot replaced the state: re-check every session.
-    Reset,
-}
-
-fn session_events(response: &Response, out: &mut Vec<SessionEvent>) {
-    match response {
-        Response::SessionStarted(s) => out.push(SessionEvent::Started(s.clone())),
-        Response::SessionEnded(s) => out.push(SessionEvent::Ended(s.clone())),
-        Response::Revoked { ended, .. } => {
-            out.extend(ended.iter().cloned().map(SessionEvent::Ended))
-        }
-        Response::Batch(responses) => responses.iter().for_each(|r| session_events(r, out)),
-        _ => {}
-    }
-}
-
 /// The applied state: revocations in RocksDB and in memory.
 pub struct StateMachineStore {
     db: Arc<DB>,
@@ -412,10 +393,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
         }
         self.persist(mutations)?;
-        let mut events = Vec::new();
-        responses
-            .iter()
-            .for_each(|r| session_events(r, &mut events));
+        let events: Vec<SessionEvent> = responses.iter().flat_map(session_events).collect();
         for event in events {
             // No subscriber is fine (tests, tools).
             let _ = self.events.send(event);

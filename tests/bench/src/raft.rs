@@ -1,162 +1,134 @@
-//! The benchmark harness: starts real node processes on loopback, drives them over HTTP, and
-//! writes JSON plus a section of `docs/benchmarks.md`.
+//! `tether-bench raft`: revocation commit latency and throughput on a fresh loopback
+//! cluster, etcd side by side when installed, and leader failover.
 
-use crate::auth::Role;
-use crate::bench_etcd::{EtcdCluster, EtcdSideBySide, Put};
-use crate::client::{Client, Target};
-use crate::dev::{self, NodeProcess, Secrets};
+use crate::etcd::{EtcdCluster, EtcdSideBySide, Put};
+use crate::report::{histogram, ms, write_markdown_section, Latency};
 use anyhow::{Context, Result};
-use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tether_api::{Client, Target};
+use tether_devkit::cluster::{wait_for_leader, LocalCluster};
+use tether_devkit::{NodeProcess, Secrets};
 
 /// `tether bench raft`.
 #[derive(clap::Args, Debug)]
-pub struct RaftBenchArgs {
+pub(crate) struct RaftBenchArgs {
     /// Sequential revocations in the one-client latency run.
     #[arg(long, default_value_t = 3000)]
-    pub requests: u64,
+    pub(crate) requests: u64,
     /// Concurrency levels for the throughput runs.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
-    pub clients: Vec<usize>,
+    pub(crate) clients: Vec<usize>,
     /// Seconds per throughput run.
     #[arg(long, default_value_t = 3)]
-    pub seconds: u64,
+    pub(crate) seconds: u64,
     /// Leader kills for the failover measurement.
     #[arg(long, default_value_t = 5)]
-    pub failovers: usize,
+    pub(crate) failovers: usize,
     /// Turn fsync off (to see what it costs; never how a site runs). Results then go only
     /// to the JSON file.
     #[arg(long)]
-    pub no_fsync: bool,
+    pub(crate) no_fsync: bool,
     /// Keep the cluster directory (configs, data, node logs) and print its path.
     #[arg(long)]
-    pub keep: bool,
+    pub(crate) keep: bool,
     /// Skip the leader-kill measurement.
     #[arg(long)]
-    pub no_failover: bool,
+    pub(crate) no_failover: bool,
     /// An etcd binary to measure side by side (Debian's `etcd-server`); skipped if absent.
     #[arg(long, default_value = "/usr/bin/etcd")]
-    pub etcd: Option<PathBuf>,
+    pub(crate) etcd: Option<PathBuf>,
     /// Where the markdown table goes (its `raft` section is replaced).
     #[arg(long, default_value = "docs/benchmarks.md")]
-    pub markdown: PathBuf,
+    pub(crate) markdown: PathBuf,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/raft.json")]
-    pub json: PathBuf,
-}
-
-/// Latency summary in microseconds.
-#[derive(Serialize, Debug, Clone)]
-pub struct Latency {
-    /// Samples.
-    pub count: u64,
-    /// Median.
-    pub p50_us: u64,
-    /// 99th percentile.
-    pub p99_us: u64,
-    /// Worst.
-    pub max_us: u64,
-}
-
-impl From<&Histogram<u64>> for Latency {
-    fn from(h: &Histogram<u64>) -> Self {
-        Self {
-            count: h.len(),
-            p50_us: h.value_at_quantile(0.5),
-            p99_us: h.value_at_quantile(0.99),
-            max_us: h.max(),
-        }
-    }
+    pub(crate) json: PathBuf,
 }
 
 /// One throughput run.
 #[derive(Serialize, Debug)]
-pub struct ThroughputRun {
+pub(crate) struct ThroughputRun {
     /// Concurrent clients.
-    pub clients: usize,
+    pub(crate) clients: usize,
     /// Committed revocations per second.
-    pub per_second: f64,
+    pub(crate) per_second: f64,
     /// Latency under that load.
-    pub latency: Latency,
+    pub(crate) latency: Latency,
     /// Requests that failed.
-    pub errors: u64,
+    pub(crate) errors: u64,
 }
 
 /// Everything `tether bench raft` measured.
 #[derive(Serialize, Debug)]
-pub struct RaftBenchReport {
+pub(crate) struct RaftBenchReport {
     /// When (RFC 3339).
-    pub when: String,
+    pub(crate) when: String,
     /// Machine notes.
-    pub machine: String,
+    pub(crate) machine: String,
     /// One client, posting to a follower.
-    pub commit_one_client: Latency,
+    pub(crate) commit_one_client: Latency,
     /// One client, posting to the leader (no forwarding hop), for comparison.
-    pub commit_one_client_leader: Latency,
+    pub(crate) commit_one_client_leader: Latency,
     /// Throughput runs.
-    pub throughput: Vec<ThroughputRun>,
+    pub(crate) throughput: Vec<ThroughputRun>,
     /// Leader `kill -9` → next revocation committed, in ms, per trial.
-    pub failover_ms: Vec<u64>,
+    pub(crate) failover_ms: Vec<u64>,
     /// etcd measured the same way in the same run, when its binary is installed.
-    pub etcd: Option<EtcdSideBySide>,
-}
-
-pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid")
+    pub(crate) etcd: Option<EtcdSideBySide>,
 }
 
 /// A fresh 3-node loopback cluster of real processes for a benchmark.
-pub struct BenchCluster {
+pub(crate) struct BenchCluster {
     /// Keys, configs, data, logs.
-    pub dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
     /// The cluster secrets.
-    pub secrets: Secrets,
+    pub(crate) secrets: Secrets,
     /// An admin token.
-    pub token: String,
+    pub(crate) token: String,
     /// The `tether` binary.
-    pub bin: PathBuf,
+    pub(crate) bin: PathBuf,
     /// The node processes, ids 1..=3.
-    pub procs: Vec<NodeProcess>,
+    pub(crate) procs: Vec<NodeProcess>,
     /// The leader at start.
-    pub leader: u64,
+    pub(crate) leader: u64,
 }
 
 impl BenchCluster {
     /// Generates, tweaks and starts the cluster, and waits for a leader.
-    pub async fn start(keep: bool, tweak: impl Fn(&mut crate::config::NodeConfig)) -> Result<Self> {
-        let mut dir = tempfile::Builder::new().prefix("tether-bench-").tempdir()?;
+    pub(crate) async fn start(
+        keep: bool,
+        tweak: impl Fn(&mut tether_node::config::NodeConfig),
+    ) -> Result<Self> {
+        let bin = crate::tether_bin()?;
+        let LocalCluster {
+            mut dir,
+            secrets,
+            admin_token,
+            bin,
+            nodes,
+        } = LocalCluster::spawn("tether-bench-", "bench", &bin, 3, tweak)?;
         if keep {
             dir.disable_cleanup(true);
             eprintln!("bench: cluster directory {}", dir.path().display());
         }
-        for mut config in dev::generate(dir.path(), 3)? {
-            tweak(&mut config);
-            dev::save_config(&dev::config_path(dir.path(), config.id), &config)?;
-        }
-        let secrets = Secrets::open(dir.path())?;
-        let token = secrets.mint("bench", Role::Admin, Duration::from_secs(3600))?;
-        let bin = std::env::current_exe()?;
-        let procs: Vec<NodeProcess> = (1..=3)
-            .map(|id| NodeProcess::spawn(&bin, &dev::config_path(dir.path(), id)))
-            .collect::<Result<_, _>>()?;
-        let leader = dev::wait_for_leader(&procs, &token, Duration::from_secs(30)).await?;
+        let leader = wait_for_leader(&nodes, &admin_token, Duration::from_secs(30)).await?;
         Ok(Self {
             dir,
             secrets,
-            token,
+            token: admin_token,
             bin,
-            procs,
+            procs: nodes,
             leader,
         })
     }
 }
 
 /// Runs the raft benchmark.
-pub async fn raft(args: RaftBenchArgs) -> Result<()> {
+pub(crate) async fn raft(args: RaftBenchArgs) -> Result<()> {
     let BenchCluster {
         dir: _dir,
         token,
@@ -259,10 +231,7 @@ pub async fn raft(args: RaftBenchArgs) -> Result<()> {
         failover_ms,
         etcd,
     };
-    if let Some(parent) = args.json.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+    crate::report::write_json(&args.json, &report)?;
     if !args.no_fsync {
         write_markdown_section(&args.markdown, "raft", &raft_markdown(&report))?;
     }
@@ -351,7 +320,7 @@ async fn failovers(
 ) -> Result<Vec<u64>> {
     let mut results = Vec::new();
     for _ in 0..trials {
-        let leader = dev::wait_for_leader(procs, token, Duration::from_secs(30)).await?;
+        let leader = wait_for_leader(procs, token, Duration::from_secs(30)).await?;
         wait_caught_up(procs, token).await?;
         let index = procs
             .iter()
@@ -409,7 +378,6 @@ async fn wait_caught_up(procs: &[NodeProcess], token: &str) -> Result<()> {
 }
 
 fn raft_markdown(r: &RaftBenchReport) -> String {
-    let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
     let mut s = format!(
         "### Revocation commit (`tether bench raft`, {})\n\n{}. Posted to a follower over HTTP; 200 only after commit.\n\n",
         r.when, r.machine
@@ -473,28 +441,4 @@ fn raft_markdown(r: &RaftBenchReport) -> String {
     }
     s += "\nReference (brief, etcd 3.4 on this machine kind, 3 nodes, puts to a follower): 1 client p50 0.94 ms / p99 1.82 ms; 256 clients 6,863 req/s at p99 67 ms.\n";
     s
-}
-
-/// Replaces (or appends) the section between `<!-- bench:NAME -->` markers.
-pub fn write_markdown_section(path: &Path, name: &str, body: &str) -> Result<()> {
-    let begin = format!("<!-- bench:{name} -->");
-    let end = format!("<!-- /bench:{name} -->");
-    let current = std::fs::read_to_string(path).unwrap_or_else(|_| {
-        "# Benchmarks\n\nWritten by `tether bench …`; numbers from the 2-core dev machine, which is shared and noisy. Compare only figures measured in one run.\n\n".into()
-    });
-    let section = format!("{begin}\n{body}{end}\n");
-    let updated = match (current.find(&begin), current.find(&end)) {
-        (Some(a), Some(b)) if b > a => format!(
-            "{}{}{}",
-            &current[..a],
-            section,
-            &current[b + end.len()..].trim_start_matches('\n')
-        ),
-        _ => format!("{current}\n{section}"),
-    };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(path, updated)?;
-    Ok(())
 }

@@ -1,100 +1,104 @@
 //! `tether bench signaling`: join denial, admitted joins, relay latency with many concurrent
 //! sessions (one node and across nodes), and revoke → close-frame latency, on a fresh
 //! 3-node loopback cluster with real WebSocket clients.
+//!
+//! Long file: one benchmark, measured in stages that share the cluster and its clients;
+//! the report code lives in `report.rs`.
 
-use crate::auth::Role;
-use crate::bench::{histogram, write_markdown_section, BenchCluster, Latency};
-use crate::client::{Client, Target};
+use crate::raft::BenchCluster;
+use crate::report::{histogram, write_markdown_section, Latency};
 use anyhow::{bail, Context, Result};
-use futures::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
+use tether_api::signal::{Incoming, SignalSocket};
+use tether_api::types::SessionToken;
+use tether_api::{Client, Target};
+use tether_devkit::metrics::Scrape;
+use tether_node::auth::Role;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = SignalSocket;
 
 /// `tether bench signaling`.
 #[derive(clap::Args, Debug)]
-pub struct SignalingBenchArgs {
+pub(crate) struct SignalingBenchArgs {
     /// Concurrent sessions for the relay measurement.
     #[arg(long, default_value_t = 1000)]
-    pub sessions: usize,
+    pub(crate) sessions: usize,
     /// In the relay runs, each session sends an offer this often (ms); 1,000 sessions at
     /// 200 ms make 5,000 relays a second.
     #[arg(long, default_value_t = 200)]
-    pub relay_period_ms: u64,
+    pub(crate) relay_period_ms: u64,
     /// Offers each session sends in a relay run (samples = sessions × offers).
     #[arg(long, default_value_t = 10)]
-    pub relay_offers: u32,
+    pub(crate) relay_offers: u32,
     /// Trials for the join and revoke measurements.
     #[arg(long, default_value_t = 200)]
-    pub trials: usize,
+    pub(crate) trials: usize,
     /// Idle authenticated connections held open on one node at once (0 skips).
     #[arg(long, default_value_t = 10_000)]
-    pub connections: usize,
+    pub(crate) connections: usize,
     /// Lease lifetime on the nodes (every robot gets a lease each quarter of it).
     #[arg(long, default_value_t = 1000)]
-    pub lease_ttl_ms: u64,
+    pub(crate) lease_ttl_ms: u64,
     /// Where the markdown table goes (its `signaling` section is replaced).
     #[arg(long, default_value = "docs/benchmarks.md")]
-    pub markdown: PathBuf,
+    pub(crate) markdown: PathBuf,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/signaling.json")]
-    pub json: PathBuf,
+    pub(crate) json: PathBuf,
 }
 
 /// Everything `tether bench signaling` measured.
 #[derive(Serialize, Debug)]
-pub struct SignalingReport {
+pub(crate) struct SignalingReport {
     /// When.
-    pub when: String,
+    pub(crate) when: String,
     /// Join denied for a revoked session, client round trip on loopback.
-    pub join_denial_round_trip: Latency,
+    pub(crate) join_denial_round_trip: Latency,
     /// Share of denials the node itself decided within 50 µs (its histogram).
     pub join_denial_server_within_50us: f64,
     /// Connect + auth + join → `joined`.
-    pub admitted_join: Latency,
+    pub(crate) admitted_join: Latency,
     /// Offer relayed operator → robot with `sessions` sessions live, both on one node.
-    pub relay_one_node: Latency,
+    pub(crate) relay_one_node: Latency,
     /// The same with robots on node 1 and operators on node 2.
-    pub relay_across_nodes: Latency,
+    pub(crate) relay_across_nodes: Latency,
     /// Revoke answered (HTTP 200) → `revoked` frame at the operator.
-    pub revoke_to_close_frame: Latency,
+    pub(crate) revoke_to_close_frame: Latency,
     /// Revoke posted → `revoked` frame at the operator (commit included).
-    pub revoke_posted_to_close_frame: Latency,
+    pub(crate) revoke_posted_to_close_frame: Latency,
     /// Concurrent sessions in the relay runs.
-    pub sessions: usize,
+    pub(crate) sessions: usize,
     /// Offers relayed per second in the relay runs (all sessions together).
-    pub relays_per_second: u64,
+    pub(crate) relays_per_second: u64,
     /// The robots' lease lifetime: each robot got a lease every quarter of it meanwhile.
-    pub lease_ttl_ms: u64,
+    pub(crate) lease_ttl_ms: u64,
     /// Many connections on one node.
-    pub many: Option<ManyConnections>,
+    pub(crate) many: Option<ManyConnections>,
     /// Server side, one node: share of relays from frame read to peer socket written
     /// within 1 ms, and the bucket bound (s) holding 99% of them.
-    pub relay_server_one_node: (f64, f64),
+    pub(crate) relay_server_one_node: (f64, f64),
     /// Server side, the robot's node: share of relays from QUIC arrival to socket written
     /// within 1 ms, and the 99% bucket bound (s).
-    pub relay_server_from_peer_node: (f64, f64),
+    pub(crate) relay_server_from_peer_node: (f64, f64),
 }
 
 /// `connections` authenticated sockets held open on one node.
 #[derive(Serialize, Debug)]
-pub struct ManyConnections {
+pub(crate) struct ManyConnections {
     /// Sockets opened and authenticated.
-    pub connections: usize,
+    pub(crate) connections: usize,
     /// How long opening and authenticating all of them took, seconds.
-    pub open_seconds: f64,
+    pub(crate) open_seconds: f64,
     /// The node's resident memory before, MiB.
-    pub rss_before_mib: f64,
+    pub(crate) rss_before_mib: f64,
     /// And with every socket open, MiB.
-    pub rss_after_mib: f64,
+    pub(crate) rss_after_mib: f64,
     /// Ping round trips on a sample of the sockets while all are open.
-    pub ping: Latency,
+    pub(crate) ping: Latency,
 }
 
 /// A process's resident memory in MiB, from /proc.
@@ -154,38 +158,33 @@ async fn many_connections(cluster: &BenchCluster, n: usize) -> Result<ManyConnec
 }
 
 async fn connect(http: SocketAddr, token: &str) -> Result<Ws> {
-    // Nagle off, as on the node: small frames must not wait for the previous one's ACK.
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async_with_config(format!("ws://{http}/v1/signal"), None, true)
-            .await?;
-    send(&mut ws, json!({"type": "auth", "token": token})).await?;
-    expect(&mut ws, "auth_ok").await?;
+    let mut ws = SignalSocket::connect(&http.to_string()).await?;
+    ws.authenticate(token).await?;
     Ok(ws)
 }
 
 async fn send(ws: &mut Ws, frame: Value) -> Result<()> {
-    ws.send(Message::Text(frame.to_string().into())).await?;
+    ws.send_json(&frame).await?;
     Ok(())
 }
 
 /// The next frame of `kind`, skipping leases and presence notices.
 async fn expect(ws: &mut Ws, kind: &str) -> Result<Value> {
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+        let incoming = tokio::time::timeout(Duration::from_secs(30), ws.next())
             .await
-            .context("timed out")?
-            .context("closed")??;
-        if let Message::Text(t) = msg {
-            let v: Value = serde_json::from_str(&t)?;
-            if v["type"] == kind {
-                return Ok(v);
-            }
-            if !matches!(
-                v["type"].as_str(),
-                Some("lease" | "peer_joined" | "session_assigned" | "peer_left")
-            ) {
-                bail!("expected {kind}, got {v}");
-            }
+            .context("timed out")?;
+        let Incoming::Frame(v) = incoming else {
+            bail!("closed while waiting for {kind}: {incoming:?}");
+        };
+        if v["type"] == kind {
+            return Ok(v);
+        }
+        if !matches!(
+            v["type"].as_str(),
+            Some("lease" | "peer_joined" | "session_assigned" | "peer_left")
+        ) {
+            bail!("expected {kind}, got {v}");
         }
     }
 }
@@ -201,24 +200,12 @@ async fn create_session(
     node: usize,
     operator: &str,
     robot: &str,
-) -> Result<Value> {
-    let http = cluster.procs[node].http;
-    let response = reqwest::Client::new()
-        .post(format!("http://{http}/v1/sessions"))
-        .bearer_auth(
-            cluster
-                .secrets
-                .mint(operator, Role::Operator, Duration::from_secs(3600))?,
-        )
-        .json(&json!({ "robot_id": robot }))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        response.status().is_success(),
-        "session: {}",
-        response.text().await?
-    );
-    Ok(response.json().await?)
+) -> Result<SessionToken> {
+    let token = cluster
+        .secrets
+        .mint(operator, Role::Operator, Duration::from_secs(3600))?;
+    let client = Client::new(&cluster.procs[node].http.to_string(), &token);
+    Ok(client.create_session(robot).await?)
 }
 
 async fn pair(
@@ -237,14 +224,10 @@ async fn pair(
     .await?;
     let session =
         create_session(cluster, operator_node, &format!("bench-op-{n}"), &robot_id).await?;
-    let sid = session["session_id"].as_str().context("sid")?.to_owned();
+    let sid = session.session_id.clone();
     send(&mut robot, json!({"type": "join", "session_id": sid})).await?;
     expect(&mut robot, "joined").await?;
-    let mut operator = connect(
-        cluster.procs[operator_node].http,
-        session["token"].as_str().context("token")?,
-    )
-    .await?;
+    let mut operator = connect(cluster.procs[operator_node].http, &session.token).await?;
     send(&mut operator, json!({"type": "join", "session_id": sid})).await?;
     expect(&mut operator, "joined").await?;
     Ok(Pair {
@@ -328,51 +311,13 @@ fn on_own_thread<T: Send>(work: impl std::future::Future<Output = Result<T>> + S
     })
 }
 
-/// From Prometheus histogram `name` (series selected by `labels`, e.g. `path="local",`,
-/// or empty): the share of samples within `bound` seconds, and the smallest bucket bound
-/// holding 99% of them.
-fn histogram_shares(metrics: &str, name: &str, labels: &str, bound: f64) -> (f64, f64) {
-    let prefix = format!("{name}_bucket{{{labels}le=\"");
-    let buckets: Vec<(f64, f64)> = metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix(&prefix))
-        .filter_map(|rest| {
-            let (le, count) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, count.trim().parse().ok()?))
-        })
-        .collect();
-    let total = buckets.iter().map(|b| b.1).fold(0.0, f64::max);
-    if total == 0.0 {
-        return (0.0, 0.0);
-    }
-    let within = buckets
-        .iter()
-        .filter(|b| b.0 <= bound)
-        .map(|b| b.1)
-        .fold(0.0, f64::max);
-    let p99 = buckets
-        .iter()
-        .find(|b| b.1 >= 0.99 * total)
-        .map_or(f64::INFINITY, |b| b.0);
-    (within / total, p99)
-}
-
-/// Node `i`'s `/metrics` text.
-async fn scrape(cluster: &BenchCluster, i: usize) -> Result<String> {
-    let http = cluster.procs[i].http;
-    Ok(reqwest::get(format!("http://{http}/metrics"))
-        .await?
-        .text()
-        .await?)
+/// Node `i`'s `/metrics`.
+async fn scrape(cluster: &BenchCluster, i: usize) -> Result<Scrape> {
+    Ok(tether_devkit::metrics::scrape(cluster.procs[i].http).await?)
 }
 
 /// Runs the signaling benchmark.
-pub async fn signaling(args: SignalingBenchArgs) -> Result<()> {
+pub(crate) async fn signaling(args: SignalingBenchArgs) -> Result<()> {
     let cluster = BenchCluster::start(false, |c| {
         c.sessions.lease_ttl_ms = args.lease_ttl_ms;
         c.sessions.max_connections = 20_000;
@@ -386,7 +331,7 @@ pub async fn signaling(args: SignalingBenchArgs) -> Result<()> {
     // Join denial: a revoked session, joined again and again.
     let p = pair(&cluster, 0, 0, 900_000).await?;
     let token = create_session(&cluster, 0, "bench-denied", "bench-denied-robot").await?;
-    let denied_sid = token["session_id"].as_str().context("sid")?.to_owned();
+    let denied_sid = token.session_id.clone();
     Client::new(&http.to_string(), &cluster.token)
         .revoke(&Target::Session(denied_sid.clone()), "bench", None)
         .await?;
@@ -405,12 +350,10 @@ pub async fn signaling(args: SignalingBenchArgs) -> Result<()> {
         expect(&mut op, "error").await?;
         denial.record(t.elapsed().as_micros() as u64)?;
     }
-    let (within, _) = histogram_shares(
-        &scrape(&cluster, 0).await?,
-        "tether_join_denial_seconds",
-        "",
-        0.000_05,
-    );
+    let (within, _) =
+        scrape(&cluster, 0)
+            .await?
+            .histogram_shares("tether_join_denial_seconds", "", 0.000_05);
     eprintln!(
         "bench: join denial {:?}, server ≤ 50 µs: {:.1}%",
         Latency::from(&denial),
@@ -422,13 +365,9 @@ pub async fn signaling(args: SignalingBenchArgs) -> Result<()> {
     for i in 0..args.trials {
         let robot = format!("bench-admit-{i}");
         let session = create_session(&cluster, 1, &format!("bench-admit-op-{i}"), &robot).await?;
-        let sid = session["session_id"].as_str().context("sid")?;
+        let sid = &session.session_id;
         let t = Instant::now();
-        let mut ws = connect(
-            cluster.procs[1].http,
-            session["token"].as_str().context("token")?,
-        )
-        .await?;
+        let mut ws = connect(cluster.procs[1].http, &session.token).await?;
         send(&mut ws, json!({"type": "join", "session_id": sid})).await?;
         expect(&mut ws, "joined").await?;
         admitted.record(t.elapsed().as_micros() as u64)?;
@@ -454,14 +393,12 @@ pub async fn signaling(args: SignalingBenchArgs) -> Result<()> {
         args.relay_offers,
     ))?;
     eprintln!("bench: relay across nodes {relay_across_nodes:?}");
-    let relay_server_one_node = histogram_shares(
-        &scrape(&cluster, 0).await?,
+    let relay_server_one_node = scrape(&cluster, 0).await?.histogram_shares(
         "tether_relay_seconds",
         "path=\"local\",",
         0.001,
     );
-    let relay_server_from_peer_node = histogram_shares(
-        &scrape(&cluster, 1).await?,
+    let relay_server_from_peer_node = scrape(&cluster, 1).await?.histogram_shares(
         "tether_relay_seconds",
         "path=\"from_peer_node\",",
         0.001,
@@ -515,10 +452,7 @@ pub async fn signaling(args: SignalingBenchArgs) -> Result<()> {
         relay_server_one_node,
         relay_server_from_peer_node,
     };
-    if let Some(parent) = args.json.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+    crate::report::write_json(&args.json, &report)?;
     write_markdown_section(&args.markdown, "signaling", &markdown(&report))?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

@@ -3,30 +3,19 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use tether_api::{ErrorBody, ErrorCode};
 
-/// The JSON body of every error response.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct ErrorBody {
-    /// Stable, snake_case; clients branch on this.
-    pub code: String,
-    /// For humans; may change.
-    pub message: String,
-}
-
-/// An error answered to an HTTP client.
+/// An error answered to an HTTP client: a code (which fixes the status) and a message.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
 }
 
 impl ApiError {
-    /// An error with an explicit status and code.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with this code.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
             code,
             message: message.into(),
         }
@@ -34,37 +23,39 @@ impl ApiError {
 
     /// 400 `invalid_request`: the body parsed but a value is wrong.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        Self::new(ErrorCode::InvalidRequest, message)
     }
 
     /// 404 `not_found`.
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(ErrorCode::NotFound, message)
     }
 
     /// 503 `unavailable`: no leader or no quorum; nothing was decided.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        Self::new(ErrorCode::Unavailable, message)
     }
 
     /// 500 `internal`.
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+        Self::new(ErrorCode::Internal, message)
     }
 
     /// The stable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         self.code
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = ErrorBody {
-            code: self.code.into(),
+            code: self.code.as_str().into(),
             message: self.message,
         };
-        (self.status, Json(body)).into_response()
+        (status, Json(body)).into_response()
     }
 }
 
@@ -72,12 +63,12 @@ impl From<crate::auth::AuthError> for ApiError {
     fn from(e: crate::auth::AuthError) -> Self {
         use crate::auth::AuthError;
         let code = match e {
-            AuthError::Missing => "missing_token",
-            AuthError::Expired => "token_expired",
-            AuthError::Invalid(_) => "invalid_token",
+            AuthError::Missing => ErrorCode::MissingToken,
+            AuthError::Expired => ErrorCode::TokenExpired,
+            AuthError::Invalid(_) => ErrorCode::InvalidToken,
             AuthError::Key(_) => return Self::internal(e.to_string()),
         };
-        Self::new(StatusCode::UNAUTHORIZED, code, e.to_string())
+        Self::new(code, e.to_string())
     }
 }
 
@@ -86,7 +77,7 @@ impl From<tether_raft::RaftNodeError> for ApiError {
         use tether_raft::RaftNodeError;
         match e {
             RaftNodeError::Unavailable(_) => Self::unavailable(e.to_string()),
-            RaftNodeError::Invalid(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            RaftNodeError::Invalid(_) => Self::new(ErrorCode::Conflict, e.to_string()),
             _ => Self::internal(e.to_string()),
         }
     }
@@ -95,16 +86,12 @@ impl From<tether_raft::RaftNodeError> for ApiError {
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(r: axum::extract::rejection::JsonRejection) -> Self {
         let code = match r.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-            StatusCode::UNPROCESSABLE_ENTITY => "invalid_request",
-            _ => "invalid_json",
+            StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+            StatusCode::UNPROCESSABLE_ENTITY => ErrorCode::InvalidRequest,
+            _ => ErrorCode::InvalidJson,
         };
-        let status = match r.status() {
-            StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
-            s => s,
-        };
-        Self::new(status, code, r.body_text())
+        Self::new(code, r.body_text())
     }
 }
 

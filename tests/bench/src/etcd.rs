@@ -3,8 +3,7 @@
 //! as Tether: puts posted to a follower over etcd's JSON gateway, one client sequentially
 //! and many concurrently, so the two are compared in one run on one machine.
 
-use crate::bench::Latency;
-use crate::dev::ChildProcess;
+use crate::report::Latency;
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 use serde_json::{json, Value};
@@ -12,23 +11,24 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use tether_devkit::ChildProcess;
 
 /// Something the load loops can write one key to.
-pub trait Put: Clone + Send + Sync + 'static {
+pub(crate) trait Put: Clone + Send + Sync + 'static {
     /// Writes `key`; `Ok` after the system acknowledged it.
     fn put(&self, key: String) -> impl std::future::Future<Output = Result<()>> + Send;
 }
 
 /// A running 3-member etcd cluster; killed on drop.
-pub struct EtcdCluster {
+pub(crate) struct EtcdCluster {
     _members: Vec<ChildProcess>,
     /// A follower's put endpoint.
-    pub follower: EtcdPut,
+    pub(crate) follower: EtcdPut,
 }
 
 /// Puts through one member's JSON gateway.
 #[derive(Clone)]
-pub struct EtcdPut {
+pub(crate) struct EtcdPut {
     http: reqwest::Client,
     url: String,
 }
@@ -55,7 +55,7 @@ fn free_port() -> Result<u16> {
 
 impl EtcdCluster {
     /// Starts three members of `bin` under `dir` and waits until one is leader.
-    pub async fn start(bin: &Path, dir: &Path) -> Result<Self> {
+    pub(crate) async fn start(bin: &Path, dir: &Path) -> Result<Self> {
         let ports: Vec<(u16, u16)> = (0..3)
             .map(|_| Ok((free_port()?, free_port()?)))
             .collect::<Result<_>>()?;
@@ -142,13 +142,13 @@ async fn find_follower(http: &reqwest::Client, urls: &[String]) -> Option<String
 
 /// Tether's and etcd's figures from the same run.
 #[derive(serde::Serialize, Debug)]
-pub struct EtcdSideBySide {
+pub(crate) struct EtcdSideBySide {
     /// One client, sequential puts to a follower.
-    pub one_client: Latency,
+    pub(crate) one_client: Latency,
     /// Puts per second and latency with `clients` concurrent clients.
-    pub concurrent_per_second: f64,
+    pub(crate) concurrent_per_second: f64,
     /// Their latency.
-    pub concurrent_latency: Latency,
+    pub(crate) concurrent_latency: Latency,
     /// How many clients.
-    pub clients: usize,
+    pub(crate) clients: usize,
 }

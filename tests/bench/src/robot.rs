@@ -6,9 +6,8 @@
 //! - control loss → safe-stop: the console falls silent (its task is dropped mid-drive);
 //! - lease expiry → safe-stop: iptables cuts the robot off from every gateway.
 
-use crate::auth::Role;
-use crate::bench::{histogram, write_markdown_section, BenchCluster, Latency};
-use crate::client::{Client, Target};
+use crate::raft::BenchCluster;
+use crate::report::{histogram, ms, write_markdown_section, Latency};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
@@ -16,47 +15,49 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tether_agent::console::{ConsoleOptions, Outcome};
 use tether_agent::events::{millis, monotonic_now, EventLog, EventsReader};
+use tether_api::{Client, Target};
+use tether_node::auth::Role;
 
 /// `tether bench robot`.
 #[derive(clap::Args, Debug)]
-pub struct RobotBenchArgs {
+pub(crate) struct RobotBenchArgs {
     /// Trials of revoke → safe-stop.
     #[arg(long, default_value_t = 100)]
-    pub trials: usize,
+    pub(crate) trials: usize,
     /// Trials of control loss → safe-stop.
     #[arg(long, default_value_t = 30)]
-    pub control_loss_trials: usize,
+    pub(crate) control_loss_trials: usize,
     /// Trials of lease expiry → safe-stop (needs root for iptables; 0 skips).
     #[arg(long, default_value_t = 10)]
-    pub lease_trials: usize,
+    pub(crate) lease_trials: usize,
     /// Where the markdown table goes (its `robot` section is replaced).
     #[arg(long, default_value = "docs/benchmarks.md")]
-    pub markdown: PathBuf,
+    pub(crate) markdown: PathBuf,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/robot.json")]
-    pub json: PathBuf,
+    pub(crate) json: PathBuf,
 }
 
 /// Everything `tether bench robot` measured.
 #[derive(Serialize, Debug)]
-pub struct RobotReport {
+pub(crate) struct RobotReport {
     /// When.
-    pub when: String,
+    pub(crate) when: String,
     /// Revoke posted (request sent) → robot safe-stop.
-    pub revoke_posted_to_safe_stop: Latency,
+    pub(crate) revoke_posted_to_safe_stop: Latency,
     /// Revoke accepted (HTTP 200 received) → robot safe-stop; negative samples (the robot
     /// stopped before the admin saw the 200) count as 0.
-    pub revoke_accepted_to_safe_stop: Latency,
+    pub(crate) revoke_accepted_to_safe_stop: Latency,
     /// Trials where the robot had stopped before the 200 reached the admin.
-    pub stopped_before_accepted: usize,
+    pub(crate) stopped_before_accepted: usize,
     /// Last applied command → safe-stop (control-loss timeout included).
-    pub control_loss_to_safe_stop: Latency,
+    pub(crate) control_loss_to_safe_stop: Latency,
     /// The control-loss timeout.
-    pub control_timeout_ms: u64,
+    pub(crate) control_timeout_ms: u64,
     /// Cut from every gateway → safe-stop, ms, per trial.
-    pub lease_expiry_ms: Vec<f64>,
+    pub(crate) lease_expiry_ms: Vec<f64>,
     /// The lease TTL.
-    pub lease_ttl_ms: u64,
+    pub(crate) lease_ttl_ms: u64,
 }
 
 /// The agent's events file, read incrementally (re-reading it whole every poll would
@@ -122,7 +123,7 @@ async fn drive(gateway: &str, operator_token: &str) -> Result<Drive> {
 const ROBOT: &str = "bench-robot";
 
 /// Runs the robot benchmark.
-pub async fn robot(args: RobotBenchArgs) -> Result<()> {
+pub(crate) async fn robot(args: RobotBenchArgs) -> Result<()> {
     let cluster = BenchCluster::start(false, |_| {}).await?;
     let http = |id: u64| format!("http://{}", cluster.procs[id as usize - 1].http);
     let events = Events(EventsReader::new(
@@ -137,7 +138,7 @@ pub async fn robot(args: RobotBenchArgs) -> Result<()> {
             .mint("bench-operator", Role::Operator, Duration::from_secs(3600))?;
     let log = std::fs::File::create(cluster.dir.path().join("agent.log"))?;
     let gateways: Vec<_> = cluster.procs.iter().map(|p| p.http).collect();
-    let mut command = crate::dev::agent_command(
+    let mut command = tether_devkit::agent_command(
         &cluster.bin,
         &gateways,
         ROBOT,
@@ -145,7 +146,7 @@ pub async fn robot(args: RobotBenchArgs) -> Result<()> {
         Some(events.0.path()),
     );
     command.stdout(log.try_clone()?).stderr(log);
-    let _agent = crate::dev::ChildProcess::spawn(command)?;
+    let _agent = tether_devkit::ChildProcess::spawn(command)?;
     events
         .wait("the agent to connect", |e| {
             e["event"] == "gateway_connected"
@@ -219,7 +220,7 @@ pub async fn robot(args: RobotBenchArgs) -> Result<()> {
             })
             .await?;
         let ports: Vec<u16> = gateways.iter().map(|a| a.port()).collect();
-        let cut = crate::dev::drop_ports("tcp", &ports, "bench-robot")
+        let cut = tether_devkit::drop_ports("tcp", &ports, "bench-robot")
             .context("iptables (run as root, or pass --lease-trials 0)")?;
         let cut_at = millis(monotonic_now());
         let stop = events
@@ -248,10 +249,7 @@ pub async fn robot(args: RobotBenchArgs) -> Result<()> {
         lease_expiry_ms: lease,
         lease_ttl_ms: 1000,
     };
-    if let Some(parent) = args.json.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+    crate::report::write_json(&args.json, &report)?;
     write_markdown_section(&args.markdown, "robot", &markdown(&report))?;
     println!("{}", markdown(&report));
     Ok(())
@@ -259,19 +257,11 @@ pub async fn robot(args: RobotBenchArgs) -> Result<()> {
 
 /// Ends a session the benchmark left behind (a silent console cannot).
 async fn terminate(gateway: &str, operator: &str, session_id: &str) -> Result<()> {
-    let response = reqwest::Client::new()
-        .delete(format!("{gateway}/v1/sessions/{session_id}"))
-        .bearer_auth(operator)
-        .send()
-        .await?;
-    if !(response.status().is_success() || response.status() == 409) {
-        bail!("ending {session_id}: {}", response.status());
+    match Client::new(gateway, operator).end_session(session_id).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.status() == Some(409) => Ok(()),
+        Err(e) => bail!("ending {session_id}: {e}"),
     }
-    Ok(())
-}
-
-fn ms(us: u64) -> String {
-    format!("{:.2}", us as f64 / 1000.0)
 }
 
 fn markdown(r: &RobotReport) -> String {

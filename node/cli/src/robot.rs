@@ -1,0 +1,123 @@
+//! `tether agent` and `tether console`: the robot agent and the headless operator console,
+//! with the glue that lets the robot check session tokens with the cluster's key.
+
+use crate::{wait_for_signal, AgentArgs, ConsoleArgs};
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use std::time::Duration;
+use tether_node::auth::{AuthError, Role, Verifier};
+
+fn events_log(path: Option<&Path>) -> Result<tether_agent::events::EventLog> {
+    Ok(match path {
+        Some(p) => tether_agent::events::EventLog::open(p)
+            .with_context(|| format!("opening {}", p.display()))?,
+        None => tether_agent::events::EventLog::disabled(),
+    })
+}
+
+pub(crate) async fn run_agent(args: AgentArgs) -> Result<()> {
+    tether_node::telemetry::init_logging("info,webrtc=error,rtc=error");
+    let public_key = fetch_token_key(&args.gateway).await?;
+    let verifier = Verifier::from_pem(public_key.as_bytes())?;
+    let claims = verifier
+        .verify(&args.token)
+        .context("the robot token does not verify with the cluster's key")?;
+    if claims.role != Role::Robot || claims.sub != args.robot_id {
+        bail!(
+            "the token is a {:?} token for {:?}, not a robot token for {:?}",
+            claims.role,
+            claims.sub,
+            args.robot_id
+        );
+    }
+    let agent = tether_agent::robot::Agent::new(
+        tether_agent::robot::AgentOptions {
+            gateways: args.gateway,
+            token: args.token,
+            safety: tether_agent::safety::SafetyConfig {
+                control_timeout: args.control_timeout,
+            },
+            rtc_ip: args.rtc_ip,
+            events: events_log(args.events.as_deref())?,
+        },
+        std::sync::Arc::new(SessionTokenCheck(verifier)),
+    );
+    tracing::info!(robot = %args.robot_id, "robot agent started (safe-stop until driven)");
+    tokio::select! {
+        _ = agent.run() => Ok(()),
+        _ = wait_for_signal() => Ok(()),
+    }
+}
+
+/// The cluster's token key, from the first gateway that answers.
+async fn fetch_token_key(gateways: &[String]) -> Result<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    for _round in 0..30 {
+        for gateway in gateways {
+            let url = format!("{}/v1/token-key", tether_api::client::http_url(gateway));
+            if let Ok(response) = client.get(&url).send().await {
+                if let Ok(body) = response.json::<serde_json::Value>().await {
+                    if let Some(pem) = body["public_key_pem"].as_str() {
+                        return Ok(pem.to_owned());
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bail!("no gateway served its token key: {}", gateways.join(", "))
+}
+
+pub(crate) async fn run_console(args: ConsoleArgs) -> Result<()> {
+    tether_node::telemetry::init_logging("warn,rtc=error,webrtc=error");
+    let options = tether_agent::console::ConsoleOptions {
+        gateway: args.gateway,
+        operator_token: args.token,
+        robot_id: args.robot_id,
+        linear: args.linear,
+        angular: args.angular,
+        duration: args.duration,
+        auth_token: args.auth_token,
+        rtc_ip: args.rtc_ip,
+        events: events_log(args.events.as_deref())?,
+    };
+    let outcome = tether_agent::console::run(options, |s| {
+        println!("session {}", s.session_id);
+    })
+    .await?;
+    use tether_agent::console::Outcome;
+    match &outcome {
+        Outcome::Finished => println!("session ended"),
+        Outcome::Revoked(reason) => println!("revoked: {reason}"),
+        Outcome::Terminated(reason) => println!("terminated: {reason}"),
+        Outcome::AuthDenied(reason) => println!("auth denied by the robot: {reason}"),
+    }
+    std::process::exit(outcome.exit_code());
+}
+
+/// Checks session tokens for the robot agent with the cluster's public key: a valid
+/// operator token carrying a session id.
+struct SessionTokenCheck(Verifier);
+
+impl tether_agent::robot::TokenCheck for SessionTokenCheck {
+    fn check(
+        &self,
+        token: &str,
+    ) -> Result<tether_agent::safety::Credentials, tether_agent::safety::DenyReason> {
+        use tether_agent::safety::DenyReason;
+        let claims = self.0.verify(token).map_err(|e| match e {
+            AuthError::Expired => DenyReason::TokenExpired,
+            _ => DenyReason::InvalidToken,
+        })?;
+        match (claims.role, claims.sid) {
+            (Role::Operator, Some(session_id)) => Ok(tether_agent::safety::Credentials {
+                session_id,
+                token_id: claims.jti,
+                operator: claims.sub,
+            }),
+            _ => Err(DenyReason::InvalidToken),
+        }
+    }
+}

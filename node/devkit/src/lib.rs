@@ -1,0 +1,17 @@
+//! Tether's development kit: what `tether dev`, the end-to-end tests, the bench harness and
+//! the chaos suite share to run real node processes on one machine.
+//!
+//! Layering: above `tether-node` and `tether-api`; nothing in the gateway depends on it.
+
+pub mod cluster;
+mod fs;
+pub mod metrics;
+pub mod netfault;
+pub mod pki;
+pub mod process;
+pub mod wait;
+
+pub use cluster::{config_path, free_addrs, generate, save_config, ClusterFile, ClusterFileNode};
+pub use netfault::{drop_address, drop_ports, Isolation};
+pub use pki::Secrets;
+pub use process::{agent_command, outbound_ip, ChildProcess, NodeProcess};

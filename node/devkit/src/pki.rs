@@ -1,0 +1,120 @@
+//! Dev and test secrets in one directory: a cluster CA, node certificates naming their node
+//! id, and the token-signing key; token minting for fixtures.
+
+use crate::fs::write;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tether_node::auth::{generate_signing_key, Claims, Minter, Role};
+use tether_node::config::{
+    AuthConfig, HttpSection, MemberConfig, NodeConfig, RaftSection, TlsConfig,
+};
+
+/// The cluster-wide secrets in a dev directory.
+pub struct Secrets {
+    dir: PathBuf,
+}
+
+impl Secrets {
+    /// Creates the CA and token signing key in `dir` unless they exist.
+    pub fn ensure(dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let s = Self { dir: dir.into() };
+        if !s.ca_key().exists() {
+            let ca = tether_raft::generate_ca().map_err(io::Error::other)?;
+            write(&s.ca_cert(), &ca.cert_pem)?;
+            write(&s.ca_key(), &ca.key_pem)?;
+        }
+        if !s.signing_key().exists() {
+            let (private, public) = generate_signing_key().map_err(io::Error::other)?;
+            write(&s.signing_key(), &private)?;
+            write(&s.signing_pub(), &public)?;
+        }
+        Ok(s)
+    }
+
+    /// Opens the secrets of an existing dev directory.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        let s = Self { dir: dir.into() };
+        if !s.signing_key().exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{} has no signing key: run `tether dev --dir {}` first",
+                    dir.display(),
+                    dir.display()
+                ),
+            ));
+        }
+        Ok(s)
+    }
+
+    /// The CA certificate.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca-key.pem")
+    }
+    fn signing_key(&self) -> PathBuf {
+        self.dir.join("signing-key.pem")
+    }
+    fn signing_pub(&self) -> PathBuf {
+        self.dir.join("signing-pub.pem")
+    }
+
+    /// Mints a token for `sub` with `role`.
+    pub fn mint(&self, sub: &str, role: Role, ttl: Duration) -> io::Result<String> {
+        let minter = Minter::from_pem(std::fs::read_to_string(self.signing_key())?.as_bytes())
+            .map_err(io::Error::other)?;
+        minter
+            .mint(&Claims::new(sub, role, ttl))
+            .map_err(io::Error::other)
+    }
+
+    /// Minter for custom claims (tests forge expired tokens with it).
+    pub fn minter(&self) -> io::Result<Minter> {
+        Minter::from_pem(std::fs::read_to_string(self.signing_key())?.as_bytes())
+            .map_err(io::Error::other)
+    }
+
+    /// Writes a node's certificate, key and config under `dir/node{id}` and returns the config.
+    pub fn node_config(
+        &self,
+        id: u64,
+        http: SocketAddr,
+        raft: SocketAddr,
+        members: &[MemberConfig],
+    ) -> io::Result<NodeConfig> {
+        let node_dir = self.dir.join(format!("node{id}"));
+        let pair = tether_raft::issue_node_cert(
+            &std::fs::read_to_string(self.ca_key())?,
+            &format!("node{id}"),
+        )
+        .map_err(io::Error::other)?;
+        write(&node_dir.join("cert.pem"), &pair.cert_pem)?;
+        write(&node_dir.join("key.pem"), &pair.key_pem)?;
+        let config = NodeConfig {
+            id,
+            http_addr: http,
+            raft_addr: raft,
+            data_dir: node_dir.join("data"),
+            initial_members: members.to_vec(),
+            tls: TlsConfig {
+                ca_cert: self.ca_cert(),
+                cert: node_dir.join("cert.pem"),
+                key: node_dir.join("key.pem"),
+            },
+            auth: AuthConfig {
+                public_key: self.signing_pub(),
+                private_key: Some(self.signing_key()),
+            },
+            raft: RaftSection::default(),
+            http: HttpSection::default(),
+            sessions: Default::default(),
+        };
+        crate::cluster::save_config(&node_dir.join("config.toml"), &config)?;
+        Ok(config)
+    }
+}

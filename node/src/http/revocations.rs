@@ -1,0 +1,173 @@
+//! `/v1/revocations`: revoke a session, a token or an operator (idempotent, answered after
+//! commit), list them page by page, lift an operator revocation.
+
+use super::{check_id, Admin, ApiError, ApiJson, AppState, MAX_PAGE, MAX_REASON_LEN};
+use crate::auth::Claims;
+use crate::config::NodeConfig;
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use std::time::{Duration, Instant};
+use tether_api::time::{now_ms, parse_rfc3339, UnixMillis};
+use tether_api::types::{ListQuery, ListResponse, RevocationView, RevokeRequest, RevokeResponse};
+use tether_store::{Command, Response as Applied, RevocationKind};
+
+/// Validates a revocation request into the command to commit.
+fn into_command(
+    request: RevokeRequest,
+    admin: &Claims,
+    config: &NodeConfig,
+    now: UnixMillis,
+) -> Result<Command, ApiError> {
+    let targets = [
+        (RevocationKind::Session, request.session_id),
+        (RevocationKind::Token, request.jti),
+        (RevocationKind::Operator, request.operator),
+    ];
+    let mut given = targets.into_iter().filter_map(|(k, v)| v.map(|v| (k, v)));
+    let (kind, target) = match (given.next(), given.next()) {
+        (Some(one), None) => one,
+        (None, _) => {
+            return Err(ApiError::invalid(
+                "give exactly one of session_id, jti, operator (none given)",
+            ))
+        }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "give exactly one of session_id, jti, operator (several given)",
+            ))
+        }
+    };
+    check_id(kind.as_str(), &target)?;
+    let reason = request.reason.trim().to_owned();
+    if reason.is_empty() || reason.len() > MAX_REASON_LEN {
+        return Err(ApiError::invalid(format!(
+            "reason must be 1 to {MAX_REASON_LEN} characters"
+        )));
+    }
+    let expires_at = match request.expires_at {
+        Some(text) => {
+            let at = parse_rfc3339(&text).map_err(|e| {
+                ApiError::invalid(format!(
+                    "expires_at: {e} (want RFC 3339 UTC, e.g. 2026-12-01T10:00:00Z)"
+                ))
+            })?;
+            if at <= now {
+                return Err(ApiError::invalid("expires_at is in the past"));
+            }
+            Some(at)
+        }
+        // A session or token revocation outlives any token it could match; an operator
+        // revocation lasts until lifted.
+        None if kind == RevocationKind::Operator => None,
+        None => Some(now + config.http.default_revocation_ttl_s * 1000),
+    };
+    Ok(Command::Revoke {
+        kind,
+        target,
+        reason,
+        revoked_by: admin.sub.clone(),
+        at: now,
+        expires_at,
+    })
+}
+
+pub(super) async fn revoke(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    ApiJson(body): ApiJson<RevokeRequest>,
+) -> Result<Json<RevokeResponse>, ApiError> {
+    let command = into_command(body, &admin, &state.config, now_ms())?;
+    let started = Instant::now();
+    let applied = state.commit(command).await?;
+    metrics::histogram!("tether_revocation_commit_seconds").record(started.elapsed().as_secs_f64());
+    match applied {
+        Applied::Revoked { entry, created, .. } => {
+            metrics::counter!("tether_revocations_total", "kind" => entry.kind.as_str())
+                .increment(u64::from(created));
+            tracing::debug!(kind = entry.kind.as_str(), target = %entry.target, created, by = %admin.sub, "revoked");
+            Ok(Json(RevokeResponse {
+                revocation: (&entry).into(),
+                created,
+            }))
+        }
+        other => Err(ApiError::internal(format!(
+            "unexpected apply result {other:?}"
+        ))),
+    }
+}
+
+fn parse_kind(text: &str) -> Result<RevocationKind, ApiError> {
+    RevocationKind::parse(text).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "kind must be session, token or operator, not {text:?}"
+        ))
+    })
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    _admin: Admin,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ListResponse>, ApiError> {
+    let Query(q) = query?;
+    let kind = q.kind.as_deref().map(parse_kind).transpose()?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::invalid(format!("limit must be 1 to {MAX_PAGE}")));
+    }
+    let after = match q.after.as_deref() {
+        Some(cursor) => {
+            let (k, target) = cursor
+                .split_once(':')
+                .ok_or_else(|| ApiError::invalid("after must be a cursor from a previous page"))?;
+            Some((parse_kind(k)?, target.to_owned()))
+        }
+        None => None,
+    };
+    if q.consistent.unwrap_or(false) {
+        state
+            .raft
+            .read_barrier(Duration::from_millis(state.config.http.write_timeout_ms))
+            .await?;
+    }
+    let entries = state.raft.view().read().list(kind, after, limit);
+    let next = (entries.len() == limit)
+        .then(|| {
+            entries
+                .last()
+                .map(|e| format!("{}:{}", e.kind.as_str(), e.target))
+        })
+        .flatten();
+    Ok(Json(ListResponse {
+        items: entries.iter().map(RevocationView::from).collect(),
+        next,
+    }))
+}
+
+pub(super) async fn lift_operator(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(operator) = path?;
+    check_id("operator", &operator)?;
+    let command = Command::Lift {
+        operator: operator.clone(),
+        lifted_by: admin.sub.clone(),
+    };
+    let applied = state.commit(command).await?;
+    match applied {
+        Applied::Lifted(Some(entry)) => {
+            tracing::info!(%operator, by = %admin.sub, "operator revocation lifted");
+            Ok(Json(
+                serde_json::json!({ "lifted": RevocationView::from(&entry) }),
+            ))
+        }
+        Applied::Lifted(None) => Err(ApiError::not_found(format!(
+            "operator {operator:?} is not revoked"
+        ))),
+        other => Err(ApiError::internal(format!(
+            "unexpected apply result {other:?}"
+        ))),
+    }
+}
