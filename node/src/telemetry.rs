@@ -5,6 +5,54 @@ use std::sync::OnceLock;
 use tether_raft::RaftNode;
 use tether_store::RevocationKind;
 
+/// Every metric name the node exports, in one place: code and tests use these.
+pub mod names {
+    pub use tether_raft::metric_names::*;
+
+    /// `tether_signal_connections`, gauge: open signaling WebSockets (authenticated or not).
+    pub const SIGNAL_CONNECTIONS: &str = "tether_signal_connections";
+    /// `tether_signal_authenticated`, gauge: authenticated signaling connections.
+    pub const SIGNAL_AUTHENTICATED: &str = "tether_signal_authenticated";
+    /// `tether_signal_rooms`, gauge: session rooms with a member.
+    pub const SIGNAL_ROOMS: &str = "tether_signal_rooms";
+    /// `tether_signal_room_members`, gauge: members of those rooms.
+    pub const SIGNAL_ROOM_MEMBERS: &str = "tether_signal_room_members";
+    /// `tether_signal_tasks`, gauge: per-connection tasks.
+    pub const SIGNAL_TASKS: &str = "tether_signal_tasks";
+    /// `tether_signal_timers`, gauge: armed per-connection timers.
+    pub const SIGNAL_TIMERS: &str = "tether_signal_timers";
+    /// `tether_signal_rate_limited_total`, counter: frames over the rate limit.
+    pub const SIGNAL_RATE_LIMITED_TOTAL: &str = "tether_signal_rate_limited_total";
+    /// `tether_joins_total`, counter by `result` (admitted, denied).
+    pub const JOINS_TOTAL: &str = "tether_joins_total";
+    /// `tether_join_denial_seconds`, histogram: the local deny check (S1).
+    pub const JOIN_DENIAL_SECONDS: &str = "tether_join_denial_seconds";
+    /// `tether_relay_seconds`, histogram by `path` (local, from_peer_node): frame reached this node → written.
+    pub const RELAY_SECONDS: &str = "tether_relay_seconds";
+    /// `tether_teardown_seconds`, histogram: one session's teardown on this node.
+    pub const TEARDOWN_SECONDS: &str = "tether_teardown_seconds";
+    /// `tether_lease_rounds_total`, counter by `result` (renewed, no_quorum).
+    pub const LEASE_ROUNDS_TOTAL: &str = "tether_lease_rounds_total";
+    /// `tether_revocation_commit_seconds`, histogram: POST /v1/revocations → committed.
+    pub const REVOCATION_COMMIT_SECONDS: &str = "tether_revocation_commit_seconds";
+    /// `tether_revocations_total`, counter by `kind`: new revocations.
+    pub const REVOCATIONS_TOTAL: &str = "tether_revocations_total";
+    /// `tether_revocations_stored`, gauge by `kind`: live revocations.
+    pub const REVOCATIONS_STORED: &str = "tether_revocations_stored";
+    /// `tether_raft_term`, gauge.
+    pub const RAFT_TERM: &str = "tether_raft_term";
+    /// `tether_raft_leader`, gauge: the known leader (0: none).
+    pub const RAFT_LEADER: &str = "tether_raft_leader";
+    /// `tether_raft_is_leader`, gauge: 1 on the leader.
+    pub const RAFT_IS_LEADER: &str = "tether_raft_is_leader";
+    /// `tether_raft_last_log_index`, gauge.
+    pub const RAFT_LAST_LOG_INDEX: &str = "tether_raft_last_log_index";
+    /// `tether_raft_applied_index`, gauge.
+    pub const RAFT_APPLIED_INDEX: &str = "tether_raft_applied_index";
+    /// `tether_runtime_alive_tasks`, gauge: tokio tasks alive.
+    pub const RUNTIME_ALIVE_TASKS: &str = "tether_runtime_alive_tasks";
+}
+
 /// Installs the process-wide Prometheus recorder once and returns its handle.
 pub fn prometheus() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -39,14 +87,14 @@ pub fn init_logging(default: &str) {
 /// Copies Raft and store state into gauges.
 pub fn update_gauges(raft: &RaftNode) {
     let m = raft.status();
-    metrics::gauge!("tether_raft_term").set(m.term as f64);
-    metrics::gauge!("tether_raft_leader").set(m.leader.unwrap_or(0) as f64);
-    metrics::gauge!("tether_raft_is_leader").set(f64::from(u8::from(m.is_leader())));
-    metrics::gauge!("tether_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
-    metrics::gauge!("tether_raft_applied_index").set(m.applied_index.unwrap_or(0) as f64);
+    metrics::gauge!(names::RAFT_TERM).set(m.term as f64);
+    metrics::gauge!(names::RAFT_LEADER).set(m.leader.unwrap_or(0) as f64);
+    metrics::gauge!(names::RAFT_IS_LEADER).set(f64::from(u8::from(m.is_leader())));
+    metrics::gauge!(names::RAFT_LAST_LOG_INDEX).set(m.last_log_index.unwrap_or(0) as f64);
+    metrics::gauge!(names::RAFT_APPLIED_INDEX).set(m.applied_index.unwrap_or(0) as f64);
     let view = raft.view().read();
     for kind in RevocationKind::ALL {
-        metrics::gauge!("tether_revocations_stored", "kind" => kind.as_str())
+        metrics::gauge!(names::REVOCATIONS_STORED, "kind" => kind.as_str())
             .set(view.count(kind) as f64);
     }
 }

@@ -1,15 +1,15 @@
 //! Group commit on the leader: concurrent writes share one log entry.
 //!
 //! openraft 0.9 appends (and fsyncs) each `client_write` separately, which caps throughput
-//! at one fsync per write. The batcher keeps up to [`MAX_IN_FLIGHT`] entries in flight;
-//! writes that arrive while every slot is busy wait in the queue and go out together as one
-//! [`Command::Batch`]. At low load a write goes out alone at once, so latency does not grow.
+//! at one fsync per write. Through the shared queue ([`crate::queue`]) up to
+//! [`MAX_IN_FLIGHT`] entries are in flight; writes that arrive while every slot is busy go
+//! out together as one [`Command::Batch`].
 
+use crate::queue::{drain, Batchable};
 use crate::rpc::ForwardError;
-use std::sync::Arc;
 use tether_store::{Command, NodeId, NodeInfo, Response};
 use tether_store_rocks::Raft;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 /// Log entries in flight at once.
 const MAX_IN_FLIGHT: usize = 4;
@@ -46,28 +46,17 @@ impl Batcher {
     }
 }
 
+impl Batchable for (Command, Reply) {}
+
 async fn run(
     raft: Raft,
-    mut rx: mpsc::UnboundedReceiver<(Command, Reply)>,
+    rx: mpsc::UnboundedReceiver<(Command, Reply)>,
     to_error: fn(WriteError) -> ForwardError,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        // Whatever queued up while we waited for a slot goes out with `first`.
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
-        }
+    drain(rx, MAX_IN_FLIGHT, MAX_BATCH, move |batch| {
         let raft = raft.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            metrics::histogram!("tether_raft_batch_size").record(batch.len() as f64);
+        async move {
+            metrics::histogram!(crate::metric_names::RAFT_BATCH_SIZE).record(batch.len() as f64);
             let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             let entry = if commands.len() == 1 {
                 commands.into_iter().next().expect("one command")
@@ -102,6 +91,7 @@ async fn run(
                     }
                 }
             }
-        });
-    }
+        }
+    })
+    .await
 }

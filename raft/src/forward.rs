@@ -1,17 +1,18 @@
 //! Group forwarding on followers: concurrent writes bound for the leader share one RPC.
 //!
 //! With many clients posting to a follower, one QUIC stream per forwarded write made the
-//! forwarding the follower's costliest work. Like the leader's batcher, the forwarder keeps
-//! up to [`MAX_IN_FLIGHT`] calls in flight; writes that arrive while every slot is busy go
-//! out together as one [`Request::WriteBatch`], which the leader feeds to its own batcher.
-//! At low load a write goes out alone at once, so latency does not grow.
+//! forwarding the follower's costliest work. Through the same queue as the leader's batcher
+//! ([`crate::queue`]), up to [`MAX_IN_FLIGHT`] calls are in flight; writes that arrive while
+//! every slot is busy go out together as one [`Request::WriteBatch`], which the leader feeds
+//! to its own batcher. Writes whose callers gave up are not sent.
 
 use crate::network::{CallError, Peers};
+use crate::queue::{drain, Batchable};
 use crate::rpc::{ForwardError, Reply, Request};
 use std::sync::Arc;
 use std::time::Duration;
 use tether_store::{Command, NodeId, NodeInfo, Response};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 /// The Raft metrics this node publishes; the forwarder watches them for leader changes.
@@ -79,49 +80,24 @@ impl Forwarder {
     }
 }
 
-async fn run(peers: Arc<Peers>, metrics: Metrics, mut rx: mpsc::UnboundedReceiver<Item>) {
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    // A write for another leader (during a leader change) starts the next batch.
-    let mut held: Option<Item> = None;
-    loop {
-        let first = match held.take() {
-            Some(item) => item,
-            None => match rx.recv().await {
-                Some(item) => item,
-                None => return,
-            },
-        };
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        // Writes whose callers gave up while waiting for a slot are not sent.
-        let now = Instant::now();
-        let mut batch: Vec<Item> = Vec::new();
-        let mut next = Some(first);
-        while let Some(item) = next {
-            if item.wanted(now) {
-                if batch.first().is_some_and(|b| b.leader != item.leader) {
-                    held = Some(item);
-                    break;
-                }
-                batch.push(item);
-            }
-            next = if batch.len() < MAX_BATCH {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
-        }
-        if batch.is_empty() {
-            continue;
-        }
+impl Batchable for Item {
+    fn wanted(&self, now: Instant) -> bool {
+        Item::wanted(self, now)
+    }
+
+    /// A write for another leader (during a leader change) starts the next batch.
+    fn fits_with(&self, first: &Self) -> bool {
+        self.leader == first.leader
+    }
+}
+
+async fn run(peers: Arc<Peers>, metrics: Metrics, rx: mpsc::UnboundedReceiver<Item>) {
+    drain(rx, MAX_IN_FLIGHT, MAX_BATCH, move |batch| {
         let peers = peers.clone();
         let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            call(&peers, metrics, batch).await;
-        });
-    }
+        async move { call(&peers, metrics, batch).await }
+    })
+    .await
 }
 
 /// One call for the whole batch; every write in it gets its own answer. The call is given
@@ -137,7 +113,7 @@ async fn call(peers: &Peers, mut metrics: Metrics, batch: Vec<Item>) {
     let timeout = deadline.saturating_duration_since(Instant::now());
     let (commands, replies): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|i| (i.command, i.reply)).unzip();
-    metrics::histogram!("tether_raft_forward_batch_size").record(commands.len() as f64);
+    metrics::histogram!(crate::metric_names::RAFT_FORWARD_BATCH_SIZE).record(commands.len() as f64);
     let request = if commands.len() == 1 {
         Request::Write(commands.into_iter().next().expect("one command"))
     } else {

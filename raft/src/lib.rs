@@ -7,11 +7,15 @@
 
 mod batch;
 mod forward;
+pub mod metric_names;
 pub mod network;
 pub mod node;
+mod queue;
 pub mod rpc;
 mod server;
 pub mod status;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tls;
 
 pub use node::{RaftNode, RaftNodeConfig, RaftNodeError, RaftTiming, SignalHandler};

@@ -153,7 +153,8 @@ impl Peers {
                 CallError::Network(..) => "network",
                 CallError::Timeout(_) => "timeout",
             };
-            metrics::counter!("tether_raft_rpc_errors_total", "kind" => kind).increment(1);
+            metrics::counter!(crate::metric_names::RAFT_RPC_ERRORS_TOTAL, "kind" => kind)
+                .increment(1);
         }
         result
     }

@@ -15,7 +15,8 @@ pub(crate) async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
                 Err(e) => {
                     // A peer without a cluster certificate ends here.
                     tracing::warn!(error = %e, "refused node connection");
-                    metrics::counter!("tether_raft_handshake_failures_total").increment(1);
+                    metrics::counter!(crate::metric_names::RAFT_HANDSHAKE_FAILURES_TOTAL)
+                        .increment(1);
                     return;
                 }
             };

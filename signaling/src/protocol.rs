@@ -1,5 +1,6 @@
 //! The signaling frames: JSON text frames with a `type` field.
 
+use crate::codes::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 /// The largest accepted frame, in bytes.
@@ -195,21 +196,32 @@ impl From<RelayFrame> for ServerFrame {
 }
 
 /// A frame that failed validation, with its stable code.
+///
+/// `code` stays a `&'static str` field so that callers can pass it on as text; it is only
+/// ever produced from an [`ErrorCode`] (by [`FrameError::new`]), which
+/// [`FrameError::error_code`] gives back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct FrameError {
-    /// Stable code.
+    /// Stable code: an [`ErrorCode`]'s wire form.
     pub code: &'static str,
     /// For people.
     pub message: String,
 }
 
 impl FrameError {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
+    /// A failure with this code.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            code,
+            code: code.as_str(),
             message: message.into(),
         }
+    }
+
+    /// The code as the enum. A hand-built error with a code no [`ErrorCode`] has reads as
+    /// [`ErrorCode::InvalidFrame`].
+    pub fn error_code(&self) -> ErrorCode {
+        ErrorCode::parse(self.code).unwrap_or(ErrorCode::InvalidFrame)
     }
 
     /// The `error` frame for this failure.
@@ -221,20 +233,28 @@ impl FrameError {
     }
 }
 
+/// The `error` frame with this code and message.
+pub fn error_frame(code: ErrorCode, message: impl Into<String>) -> ServerFrame {
+    ServerFrame::Error {
+        code: code.as_str().into(),
+        message: message.into(),
+    }
+}
+
 /// Parses and validates one text frame.
 pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
     if text.len() > MAX_FRAME_BYTES {
         return Err(FrameError::new(
-            "frame_too_large",
+            ErrorCode::FrameTooLarge,
             format!("frames are limited to {MAX_FRAME_BYTES} bytes"),
         ));
     }
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| FrameError::new("invalid_json", e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| FrameError::new(ErrorCode::InvalidJson, e.to_string()))?;
     let kind = value
         .get("type")
         .and_then(|t| t.as_str())
-        .ok_or_else(|| FrameError::new("invalid_frame", "a frame needs a string `type`"))?;
+        .ok_or_else(|| FrameError::new(ErrorCode::InvalidFrame, "a frame needs a string `type`"))?;
     const KNOWN: [&str; 7] = [
         "auth",
         "join",
@@ -246,12 +266,12 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
     ];
     if !KNOWN.contains(&kind) {
         return Err(FrameError::new(
-            "unknown_type",
+            ErrorCode::UnknownType,
             format!("unknown frame type {kind:?}"),
         ));
     }
     let frame: ClientFrame = serde_json::from_value(value)
-        .map_err(|e| FrameError::new("invalid_frame", e.to_string()))?;
+        .map_err(|e| FrameError::new(ErrorCode::InvalidFrame, e.to_string()))?;
     validate(&frame)?;
     Ok(frame)
 }
@@ -259,10 +279,10 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
 fn validate(frame: &ClientFrame) -> Result<(), FrameError> {
     match frame {
         ClientFrame::Auth { token } if token.is_empty() || token.len() > 8192 => Err(
-            FrameError::new("invalid_frame", "token must be 1 to 8192 bytes"),
+            FrameError::new(ErrorCode::InvalidFrame, "token must be 1 to 8192 bytes"),
         ),
         ClientFrame::Join { session_id } if session_id.is_empty() || session_id.len() > 256 => Err(
-            FrameError::new("invalid_frame", "session_id must be 1 to 256 bytes"),
+            FrameError::new(ErrorCode::InvalidFrame, "session_id must be 1 to 256 bytes"),
         ),
         ClientFrame::Offer { sdp } | ClientFrame::Answer { sdp } => check_sdp(sdp),
         ClientFrame::Candidate {
@@ -271,12 +291,15 @@ fn validate(frame: &ClientFrame) -> Result<(), FrameError> {
             if candidate.len() > MAX_CANDIDATE_BYTES
                 || sdp_mid.as_ref().is_some_and(|m| m.len() > 256)
             {
-                return Err(FrameError::new("invalid_candidate", "candidate too long"));
+                return Err(FrameError::new(
+                    ErrorCode::InvalidCandidate,
+                    "candidate too long",
+                ));
             }
             let line = candidate.strip_prefix("a=").unwrap_or(candidate);
             if !candidate.is_empty() && !line.starts_with("candidate:") {
                 return Err(FrameError::new(
-                    "invalid_candidate",
+                    ErrorCode::InvalidCandidate,
                     "a candidate starts with `candidate:` (or is empty for end-of-candidates)",
                 ));
             }
@@ -288,7 +311,7 @@ fn validate(frame: &ClientFrame) -> Result<(), FrameError> {
 
 /// Minimal SDP sanity: size, version line first, an origin and at least one media section.
 fn check_sdp(sdp: &str) -> Result<(), FrameError> {
-    let bad = |m: &str| Err(FrameError::new("invalid_sdp", m));
+    let bad = |m: &str| Err(FrameError::new(ErrorCode::InvalidSdp, m));
     if sdp.len() > MAX_SDP_BYTES {
         return bad("SDP too large");
     }
@@ -368,6 +391,23 @@ mod tests {
             "a".repeat(MAX_FRAME_BYTES)
         );
         assert_eq!(code(&huge), "frame_too_large");
+    }
+
+    #[test]
+    fn frame_errors_carry_their_code_as_the_enum_and_as_text() {
+        let e = parse("{").unwrap_err();
+        assert_eq!(
+            (e.code, e.error_code()),
+            ("invalid_json", ErrorCode::InvalidJson)
+        );
+        let e = FrameError::new(ErrorCode::InvalidSdp, "bad");
+        assert_eq!(e.to_string(), "invalid_sdp: bad");
+        assert_eq!(e.to_frame(), error_frame(ErrorCode::InvalidSdp, "bad"));
+        let hand_built = FrameError {
+            code: "not_a_code",
+            message: String::new(),
+        };
+        assert_eq!(hand_built.error_code(), ErrorCode::InvalidFrame);
     }
 
     #[test]

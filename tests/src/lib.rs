@@ -144,12 +144,12 @@ impl TestCluster {
     /// members, per-connection tasks or timers (no leaks after teardowns).
     pub async fn wait_signaling_idle(&self, id: u64) {
         const HELD: [&str; 6] = [
-            "tether_signal_connections",
-            "tether_signal_authenticated",
-            "tether_signal_rooms",
-            "tether_signal_room_members",
-            "tether_signal_tasks",
-            "tether_signal_timers",
+            tether_node::telemetry::names::SIGNAL_CONNECTIONS,
+            tether_node::telemetry::names::SIGNAL_AUTHENTICATED,
+            tether_node::telemetry::names::SIGNAL_ROOMS,
+            tether_node::telemetry::names::SIGNAL_ROOM_MEMBERS,
+            tether_node::telemetry::names::SIGNAL_TASKS,
+            tether_node::telemetry::names::SIGNAL_TIMERS,
         ];
         wait_until(
             &format!("node {id} to release everything"),

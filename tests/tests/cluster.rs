@@ -379,11 +379,11 @@ async fn health_readiness_and_metrics_are_served() {
         .await
         .unwrap();
     for name in [
-        "tether_raft_term",
-        "tether_raft_leader",
-        "tether_raft_applied_index",
-        "tether_revocations_stored",
-        "tether_revocation_commit_seconds",
+        tether_node::telemetry::names::RAFT_TERM,
+        tether_node::telemetry::names::RAFT_LEADER,
+        tether_node::telemetry::names::RAFT_APPLIED_INDEX,
+        tether_node::telemetry::names::REVOCATIONS_STORED,
+        tether_node::telemetry::names::REVOCATION_COMMIT_SECONDS,
     ] {
         assert!(text.contains(name), "{name} missing from /metrics");
     }

@@ -15,83 +15,77 @@ pub struct ErrorBody {
     pub message: String,
 }
 
-macro_rules! error_codes {
-    ($($(#[$doc:meta])* $variant:ident = $code:literal, $status:literal;)*) => {
-        /// A stable error code with the HTTP status it is answered with.
-        #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        #[serde(rename_all = "snake_case")]
-        pub enum ErrorCode {
-            $($(#[$doc])* $variant,)*
-        }
-
-        impl ErrorCode {
-            /// Every code, for documentation checks.
-            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),*];
-
-            /// The wire form.
-            pub fn as_str(self) -> &'static str {
-                match self { $(ErrorCode::$variant => $code,)* }
-            }
-
-            /// The HTTP status answered with this code.
-            pub fn status(self) -> u16 {
-                match self { $(ErrorCode::$variant => $status,)* }
-            }
-
-            /// The code with this wire form.
-            pub fn parse(text: &str) -> Option<Self> {
-                match text { $($code => Some(ErrorCode::$variant),)* _ => None }
-            }
-        }
-    };
-}
-
-error_codes! {
+tether_signaling::stable_codes! {
+    /// A stable error code of the HTTP API, with the status it is answered with.
+    ErrorCode {
     /// The body parsed but a value is wrong.
-    InvalidRequest = "invalid_request", 400;
+    InvalidRequest = "invalid_request";
     /// The body is not JSON.
-    InvalidJson = "invalid_json", 400;
+    InvalidJson = "invalid_json";
     /// The body is larger than `http.max_body_bytes`.
-    PayloadTooLarge = "payload_too_large", 413;
+    PayloadTooLarge = "payload_too_large";
     /// The body is not `application/json`.
-    UnsupportedMediaType = "unsupported_media_type", 415;
+    UnsupportedMediaType = "unsupported_media_type";
     /// No bearer token.
-    MissingToken = "missing_token", 401;
+    MissingToken = "missing_token";
     /// The token's `exp` has passed.
-    TokenExpired = "token_expired", 401;
+    TokenExpired = "token_expired";
     /// The token does not verify.
-    InvalidToken = "invalid_token", 401;
+    InvalidToken = "invalid_token";
     /// The token's role may not do this.
-    Forbidden = "forbidden", 403;
+    Forbidden = "forbidden";
     /// The site policy does not let this operator drive this robot.
-    PolicyDenied = "policy_denied", 403;
+    PolicyDenied = "policy_denied";
     /// The operator is revoked.
-    OperatorRevoked = "operator_revoked", 403;
+    OperatorRevoked = "operator_revoked";
     /// The session belongs to another operator.
-    Unauthorized = "unauthorized", 403;
+    Unauthorized = "unauthorized";
     /// No such resource.
-    NotFound = "not_found", 404;
+    NotFound = "not_found";
     /// No such session.
-    SessionNotFound = "session_not_found", 404;
+    SessionNotFound = "session_not_found";
     /// The robot already has an active session.
-    RobotBusy = "robot_busy", 409;
+    RobotBusy = "robot_busy";
     /// The session has already ended.
-    SessionAlreadyTerminated = "session_already_terminated", 409;
+    SessionAlreadyTerminated = "session_already_terminated";
     /// The change conflicts with the current state (membership, an id in use).
-    Conflict = "conflict", 409;
+    Conflict = "conflict";
     /// No leader or no quorum; nothing was decided.
-    Unavailable = "unavailable", 503;
+    Unavailable = "unavailable";
     /// `/readyz`: no leader known.
-    NotReady = "not_ready", 503;
+    NotReady = "not_ready";
     /// The node holds as many signaling connections as it may.
-    TooManyConnections = "too_many_connections", 503;
+    TooManyConnections = "too_many_connections";
     /// A bug or an I/O failure on the node.
-    Internal = "internal", 500;
+    Internal = "internal";
+    }
 }
 
-impl std::fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+impl ErrorCode {
+    /// The HTTP status answered with this code.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidRequest => 400,
+            ErrorCode::InvalidJson => 400,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::MissingToken => 401,
+            ErrorCode::TokenExpired => 401,
+            ErrorCode::InvalidToken => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::PolicyDenied => 403,
+            ErrorCode::OperatorRevoked => 403,
+            ErrorCode::Unauthorized => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::SessionNotFound => 404,
+            ErrorCode::RobotBusy => 409,
+            ErrorCode::SessionAlreadyTerminated => 409,
+            ErrorCode::Conflict => 409,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::NotReady => 503,
+            ErrorCode::TooManyConnections => 503,
+            ErrorCode::Internal => 500,
+        }
     }
 }
 

@@ -23,12 +23,12 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
 pub(super) async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
     crate::telemetry::update_gauges(&state.raft);
     let counts = state.hub.counts();
-    metrics::gauge!("tether_signal_authenticated").set(counts.connections as f64);
-    metrics::gauge!("tether_signal_rooms").set(counts.rooms as f64);
-    metrics::gauge!("tether_signal_room_members").set(counts.room_members as f64);
-    metrics::gauge!("tether_signal_tasks").set(counts.tasks as f64);
-    metrics::gauge!("tether_signal_timers").set(counts.timers as f64);
-    metrics::gauge!("tether_runtime_alive_tasks").set(
+    metrics::gauge!(crate::telemetry::names::SIGNAL_AUTHENTICATED).set(counts.connections as f64);
+    metrics::gauge!(crate::telemetry::names::SIGNAL_ROOMS).set(counts.rooms as f64);
+    metrics::gauge!(crate::telemetry::names::SIGNAL_ROOM_MEMBERS).set(counts.room_members as f64);
+    metrics::gauge!(crate::telemetry::names::SIGNAL_TASKS).set(counts.tasks as f64);
+    metrics::gauge!(crate::telemetry::names::SIGNAL_TIMERS).set(counts.timers as f64);
+    metrics::gauge!(crate::telemetry::names::RUNTIME_ALIVE_TASKS).set(
         tokio::runtime::Handle::current()
             .metrics()
             .num_alive_tasks() as f64,

@@ -79,10 +79,11 @@ pub(super) async fn revoke(
     let command = into_command(body, &admin, &state.config, now_ms())?;
     let started = Instant::now();
     let applied = state.commit(command).await?;
-    metrics::histogram!("tether_revocation_commit_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!(crate::telemetry::names::REVOCATION_COMMIT_SECONDS)
+        .record(started.elapsed().as_secs_f64());
     match applied {
         Applied::Revoked { entry, created, .. } => {
-            metrics::counter!("tether_revocations_total", "kind" => entry.kind.as_str())
+            metrics::counter!(crate::telemetry::names::REVOCATIONS_TOTAL, "kind" => entry.kind.as_str())
                 .increment(u64::from(created));
             tracing::debug!(kind = entry.kind.as_str(), target = %entry.target, created, by = %admin.sub, "revoked");
             Ok(Json(RevokeResponse {

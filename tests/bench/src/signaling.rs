@@ -350,10 +350,11 @@ pub(crate) async fn signaling(args: SignalingBenchArgs) -> Result<()> {
         expect(&mut op, "error").await?;
         denial.record(t.elapsed().as_micros() as u64)?;
     }
-    let (within, _) =
-        scrape(&cluster, 0)
-            .await?
-            .histogram_shares("tether_join_denial_seconds", "", 0.000_05);
+    let (within, _) = scrape(&cluster, 0).await?.histogram_shares(
+        tether_node::telemetry::names::JOIN_DENIAL_SECONDS,
+        "",
+        0.000_05,
+    );
     eprintln!(
         "bench: join denial {:?}, server ≤ 50 µs: {:.1}%",
         Latency::from(&denial),
@@ -394,12 +395,12 @@ pub(crate) async fn signaling(args: SignalingBenchArgs) -> Result<()> {
     ))?;
     eprintln!("bench: relay across nodes {relay_across_nodes:?}");
     let relay_server_one_node = scrape(&cluster, 0).await?.histogram_shares(
-        "tether_relay_seconds",
+        tether_node::telemetry::names::RELAY_SECONDS,
         "path=\"local\",",
         0.001,
     );
     let relay_server_from_peer_node = scrape(&cluster, 1).await?.histogram_shares(
-        "tether_relay_seconds",
+        tether_node::telemetry::names::RELAY_SECONDS,
         "path=\"from_peer_node\",",
         0.001,
     );

@@ -1,0 +1,221 @@
+//! The signaling gateway: the I/O shell around the sans-io hub core
+//! ([`tether_signaling::hub::HubCore`]).
+//!
+//! The core decides (who is where, what to send, relay, close or audit); this module owns
+//! what the core must not: the sockets ([`socket`]), admission against the replicated state
+//! with the read barrier (S1, S2; [`admission`]), calls to other nodes ([`mesh`]), session
+//! ends from the state machine (S4; [`teardown`]) and the lease clock (S7; [`lease`]).
+//! Actions are performed in the core's order under one lock (they only queue frames);
+//! messages to other nodes are sent after the lock is released.
+
+mod admission;
+mod lease;
+mod mesh;
+mod socket;
+mod teardown;
+
+use crate::audit::AuditLog;
+use crate::auth::Verifier;
+use crate::config::NodeConfig;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tether_raft::RaftNode;
+use tether_signaling::hub::{Action, HubCore, RelayPath};
+use tether_signaling::mesh::NodeSignal;
+use tether_signaling::protocol::ServerFrame;
+use tether_signaling::rooms::{ConnId, NodeId};
+use tokio::sync::mpsc;
+
+/// Something for a connection's writer task.
+#[derive(Debug)]
+enum Outbound {
+    Frame(ServerFrame),
+    /// A relayed frame, when it reached this node, and the histogram (by path) that times
+    /// the relay up to the socket.
+    Relayed(ServerFrame, Instant, metrics::Histogram),
+    Close(u16, String),
+}
+
+/// A message for other nodes that an action asked for, sent once the lock is released.
+enum Remote {
+    To(NodeId, NodeSignal),
+    Everyone(NodeSignal),
+}
+
+/// The core and the writers of this node's connections (authenticated or not yet).
+#[derive(Default)]
+struct Shell {
+    core: HubCore,
+    writers: HashMap<ConnId, mpsc::UnboundedSender<Outbound>>,
+}
+
+/// A count of live things (per-connection tasks, armed per-connection timers) for the
+/// leak checks: [`Live::enter`] counts one until its guard drops.
+#[derive(Default)]
+struct Live(Arc<AtomicI64>);
+
+impl Live {
+    fn enter(&self) -> LiveGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        LiveGuard(self.0.clone())
+    }
+
+    fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one in a [`Live`] until dropped.
+struct LiveGuard(Arc<AtomicI64>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the signaling side of a node holds, for `/metrics` and leak checks: each must
+/// return to zero once every connection has closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HubCounts {
+    /// Authenticated connections.
+    pub connections: usize,
+    /// Session rooms with at least one member.
+    pub rooms: usize,
+    /// Members of those rooms.
+    pub room_members: usize,
+    /// Per-connection tasks (the connection's reader and its writer).
+    pub tasks: i64,
+    /// Armed per-connection timers (the auth deadline, the closing drain).
+    pub timers: i64,
+}
+
+/// The node's signaling hub.
+pub struct Hub {
+    raft: Arc<RaftNode>,
+    audit: AuditLog,
+    config: Arc<NodeConfig>,
+    verifier: Verifier,
+    shell: Mutex<Shell>,
+    next_conn: AtomicU64,
+    live: AtomicU64,
+    tasks: Live,
+    timers: Live,
+    /// `tether_relay_seconds` by path, looked up once rather than for every relayed frame.
+    relay_local: metrics::Histogram,
+    relay_from_peer_node: metrics::Histogram,
+}
+
+impl Hub {
+    /// A hub for this node; call [`Hub::start`] to run its background tasks.
+    pub fn new(
+        raft: Arc<RaftNode>,
+        config: Arc<NodeConfig>,
+        verifier: Verifier,
+        audit: AuditLog,
+    ) -> Arc<Self> {
+        use crate::telemetry::names;
+        Arc::new(Self {
+            raft,
+            audit,
+            config,
+            verifier,
+            shell: Mutex::new(Shell::default()),
+            next_conn: AtomicU64::new(1),
+            live: AtomicU64::new(0),
+            tasks: Live::default(),
+            timers: Live::default(),
+            relay_local: metrics::histogram!(names::RELAY_SECONDS, "path" => RelayPath::Local.as_str()),
+            relay_from_peer_node: metrics::histogram!(
+                names::RELAY_SECONDS,
+                "path" => RelayPath::FromPeerNode.as_str()
+            ),
+        })
+    }
+
+    fn shell(&self) -> std::sync::MutexGuard<'_, Shell> {
+        self.shell.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Installs the node-to-node handler and starts the teardown and lease tasks.
+    pub fn start(
+        self: &Arc<Self>,
+        stopped: tokio::sync::watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let hub = self.clone();
+        self.raft.set_signal_handler(Arc::new(move |from, payload| {
+            let hub = hub.clone();
+            Box::pin(async move { hub.on_node_signal(from, &payload) })
+        }));
+        vec![
+            tokio::spawn(self.clone().teardown_loop(stopped.clone())),
+            tokio::spawn(self.clone().lease_loop(stopped)),
+        ]
+    }
+
+    /// What the hub holds, for metrics and leak checks.
+    pub fn counts(&self) -> HubCounts {
+        let core = self.shell().core.counts();
+        HubCounts {
+            connections: core.connections,
+            rooms: core.rooms,
+            room_members: core.room_members,
+            tasks: self.tasks.get(),
+            timers: self.timers.get(),
+        }
+    }
+
+    /// Whether another connection may be accepted.
+    pub fn has_room_for_one_more(&self) -> bool {
+        (self.live.load(Ordering::Relaxed) as usize) < self.config.sessions.max_connections
+    }
+
+    /// Runs `decide` on the core and performs what it returns: frames, relays and closes
+    /// are queued on the writers and audit records written, in order, under the lock; then
+    /// the messages for other nodes are sent, in order. `since` is when the event that led
+    /// here reached this node (relays are timed from it).
+    async fn act(&self, since: Instant, decide: impl FnOnce(&mut HubCore) -> Vec<Action>) {
+        let remote = {
+            let mut shell = self.shell();
+            let actions = decide(&mut shell.core);
+            self.perform(&shell, actions, since)
+        };
+        self.send_remote(remote).await;
+    }
+
+    /// Performs local actions on `shell`'s writers; returns the ones for other nodes.
+    fn perform(&self, shell: &Shell, actions: Vec<Action>, since: Instant) -> Vec<Remote> {
+        let mut remote = Vec::new();
+        for action in actions {
+            match action {
+                Action::Send(conn, frame) => self.queue(shell, conn, Outbound::Frame(frame)),
+                Action::Relay { to, frame, path } => {
+                    let histogram = match path {
+                        RelayPath::Local => self.relay_local.clone(),
+                        RelayPath::FromPeerNode => self.relay_from_peer_node.clone(),
+                    };
+                    self.queue(shell, to, Outbound::Relayed(frame.into(), since, histogram));
+                }
+                Action::Close(conn, code, reason) => {
+                    self.queue(shell, conn, Outbound::Close(code.code(), reason))
+                }
+                Action::ToNode(node, signal) => remote.push(Remote::To(node, signal)),
+                Action::Broadcast(signal) => remote.push(Remote::Everyone(signal)),
+                Action::Audit {
+                    event,
+                    session_id,
+                    detail,
+                } => self.audit.record(event.as_str(), &session_id, detail),
+            }
+        }
+        remote
+    }
+
+    fn queue(&self, shell: &Shell, conn: ConnId, out: Outbound) {
+        if let Some(tx) = shell.writers.get(&conn) {
+            let _ = tx.send(out);
+        }
+    }
+}
