@@ -41,14 +41,7 @@ pub fn tether_bin() -> PathBuf {
     bin
 }
 
-/// The claims as an unsigned `alg: none` token, to prove such tokens are refused.
-pub fn unsigned_token(claims: &tether_node::auth::Claims) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let header = br#"{"alg":"none","typ":"JWT"}"#;
-    let body = serde_json::to_vec(claims).expect("claims always serialize");
-    format!("{}.{}.", b64.encode(header), b64.encode(body))
-}
+pub use tether_devkit::fixtures::{unsigned_token, SDP};
 
 /// Polls `check` until it yields `Some`, or panics with `what` after `timeout`.
 pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T

@@ -3,10 +3,7 @@
 use serde_json::json;
 use tether_api::Target;
 use tether_node::auth::Role;
-use tether_tests::{wait_until, SignalClient, TestCluster, WAIT};
-
-const SDP: &str =
-    "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n";
+use tether_tests::{wait_until, SignalClient, TestCluster, SDP, WAIT};
 
 /// A robot on node `robot_node` and an operator on node `operator_node`, both joined.
 async fn pair(

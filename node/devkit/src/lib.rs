@@ -4,6 +4,7 @@
 //! Layering: above `tether-node` and `tether-api`; nothing in the gateway depends on it.
 
 pub mod cluster;
+pub mod fixtures;
 mod fs;
 pub mod metrics;
 pub mod netfault;

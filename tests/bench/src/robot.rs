@@ -71,16 +71,13 @@ impl Events {
 
     /// Waits (polling the file) for the first event matching `pred`.
     async fn wait(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(e) = self.0.find(&pred) {
-                return Ok(e);
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("timed out waiting for {what}");
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        let every = Duration::from_millis(2);
+        tether_devkit::wait::poll_every(what, Duration::from_secs(30), every, || {
+            let found = self.0.find(&pred);
+            async move { found }
+        })
+        .await
+        .map_err(anyhow::Error::msg)
     }
 }
 

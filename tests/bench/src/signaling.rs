@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tether_api::signal::{Incoming, SignalSocket};
 use tether_api::types::SessionToken;
 use tether_api::{Client, Target};
+use tether_devkit::fixtures::SDP;
 use tether_devkit::metrics::Scrape;
 use tether_node::auth::Role;
 
@@ -236,9 +237,6 @@ async fn pair(
         operator,
     })
 }
-
-const SDP: &str =
-    "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n";
 
 /// Sets up `n` sessions, then has every operator send `offers` offers, one every `period`,
 /// while all are live; measures send → receipt at the robot.
