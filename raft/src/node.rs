@@ -66,6 +66,22 @@ pub struct RaftNodeConfig {
     pub timing: RaftTiming,
 }
 
+/// openraft's configuration for `timing`: the one mapping, shared with the test router.
+pub(crate) fn raft_config(timing: &RaftTiming) -> Result<openraft::Config, String> {
+    openraft::Config {
+        cluster_name: "tether".into(),
+        heartbeat_interval: timing.heartbeat_ms,
+        election_timeout_min: timing.election_min_ms,
+        election_timeout_max: timing.election_max_ms,
+        install_snapshot_timeout: 2_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(timing.snapshot_logs),
+        max_in_snapshot_log_to_keep: timing.keep_logs,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| e.to_string())
+}
+
 /// Why a Raft operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RaftNodeError {
@@ -215,18 +231,7 @@ impl RaftNode {
         let peers = Arc::new(Peers::new(config.id, endpoint.clone()));
 
         let t = &config.timing;
-        let raft_config = openraft::Config {
-            cluster_name: "tether".into(),
-            heartbeat_interval: t.heartbeat_ms,
-            election_timeout_min: t.election_min_ms,
-            election_timeout_max: t.election_max_ms,
-            install_snapshot_timeout: 2_000,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_logs),
-            max_in_snapshot_log_to_keep: t.keep_logs,
-            ..Default::default()
-        }
-        .validate()
-        .map_err(|e| RaftNodeError::Raft(e.to_string()))?;
+        let raft_config = raft_config(t).map_err(RaftNodeError::Raft)?;
         let factory = NetworkFactory {
             peers: peers.clone(),
         };

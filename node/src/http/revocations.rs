@@ -3,7 +3,6 @@
 
 use super::{check_id, Admin, ApiError, ApiJson, AppState, MAX_PAGE, MAX_REASON_LEN};
 use crate::auth::Claims;
-use crate::config::NodeConfig;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use std::time::{Duration, Instant};
@@ -11,11 +10,12 @@ use tether_api::time::{now_ms, parse_rfc3339, UnixMillis};
 use tether_api::types::{ListQuery, ListResponse, RevocationView, RevokeRequest, RevokeResponse};
 use tether_store::{Command, Response as Applied, RevocationKind};
 
-/// Validates a revocation request into the command to commit.
+/// Validates a revocation request into the command to commit. A session or token
+/// revocation without `expires_at` lasts `default_ttl_s`; an operator one until lifted.
 fn into_command(
     request: RevokeRequest,
     admin: &Claims,
-    config: &NodeConfig,
+    default_ttl_s: u64,
     now: UnixMillis,
 ) -> Result<Command, ApiError> {
     let targets = [
@@ -59,7 +59,7 @@ fn into_command(
         // A session or token revocation outlives any token it could match; an operator
         // revocation lasts until lifted.
         None if kind == RevocationKind::Operator => None,
-        None => Some(now + config.http.default_revocation_ttl_s * 1000),
+        None => Some(now + default_ttl_s * 1000),
     };
     Ok(Command::Revoke {
         kind,
@@ -76,7 +76,12 @@ pub(super) async fn revoke(
     Admin(admin): Admin,
     ApiJson(body): ApiJson<RevokeRequest>,
 ) -> Result<Json<RevokeResponse>, ApiError> {
-    let command = into_command(body, &admin, &state.config, now_ms())?;
+    let command = into_command(
+        body,
+        &admin,
+        state.config.http.default_revocation_ttl_s,
+        now_ms(),
+    )?;
     let started = Instant::now();
     let applied = state.commit(command).await?;
     metrics::histogram!(crate::telemetry::names::REVOCATION_COMMIT_SECONDS)
@@ -170,5 +175,111 @@ pub(super) async fn lift_operator(
         other => Err(ApiError::internal(format!(
             "unexpected apply result {other:?}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Role;
+    use tether_api::ErrorCode;
+
+    const NOW: UnixMillis = 1_764_000_000_000;
+
+    fn admin() -> Claims {
+        Claims::new("ada", Role::Admin, Duration::from_secs(60))
+    }
+
+    fn request(edit: impl FnOnce(&mut RevokeRequest)) -> RevokeRequest {
+        let mut r = RevokeRequest {
+            reason: "stolen laptop".into(),
+            ..RevokeRequest::default()
+        };
+        edit(&mut r);
+        r
+    }
+
+    fn refused(r: RevokeRequest) -> String {
+        let e = into_command(r, &admin(), 3600, NOW).expect_err("refused");
+        assert_eq!(e.code(), ErrorCode::InvalidRequest);
+        format!("{e:?}")
+    }
+
+    #[test]
+    fn exactly_one_target_is_required() {
+        assert!(refused(request(|_| {})).contains("none given"));
+        assert!(refused(request(|r| {
+            r.jti = Some("j".into());
+            r.operator = Some("o".into());
+        }))
+        .contains("several given"));
+    }
+
+    #[test]
+    fn ids_and_reasons_are_bounded_and_free_of_control_characters() {
+        refused(request(|r| r.session_id = Some(String::new())));
+        refused(request(|r| r.session_id = Some("a\nb".into())));
+        refused(request(|r| r.session_id = Some("s".repeat(257))));
+        refused(request(|r| {
+            r.session_id = Some("s".into());
+            r.reason = "   ".into();
+        }));
+        refused(request(|r| {
+            r.session_id = Some("s".into());
+            r.reason = "r".repeat(1025);
+        }));
+    }
+
+    #[test]
+    fn expiry_defaults_by_kind_and_must_lie_ahead() {
+        let command = |r| into_command(r, &admin(), 3600, NOW).expect("valid");
+        let expires = |c: Command| match c {
+            Command::Revoke { expires_at, .. } => expires_at,
+            other => panic!("{other:?}"),
+        };
+        let session = command(request(|r| r.session_id = Some("s".into())));
+        assert_eq!(expires(session), Some(NOW + 3_600_000));
+        let operator = command(request(|r| r.operator = Some("o".into())));
+        assert_eq!(expires(operator), None, "until lifted");
+        let at = command(request(|r| {
+            r.jti = Some("j".into());
+            r.expires_at = Some("2030-01-01T00:00:00Z".into());
+        }));
+        assert_eq!(expires(at), Some(1_893_456_000_000));
+        assert!(refused(request(|r| {
+            r.jti = Some("j".into());
+            r.expires_at = Some("2020-01-01T00:00:00Z".into());
+        }))
+        .contains("past"));
+        assert!(refused(request(|r| {
+            r.jti = Some("j".into());
+            r.expires_at = Some("tomorrow".into());
+        }))
+        .contains("RFC 3339"));
+    }
+
+    #[test]
+    fn the_command_carries_the_admin_the_instant_and_the_trimmed_reason() {
+        let c = into_command(
+            request(|r| {
+                r.session_id = Some("s-1".into());
+                r.reason = "  lost  ".into();
+            }),
+            &admin(),
+            10,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            Command::Revoke {
+                kind: RevocationKind::Session,
+                target: "s-1".into(),
+                reason: "lost".into(),
+                revoked_by: "ada".into(),
+                at: NOW,
+                expires_at: Some(NOW + 10_000),
+            }
+        );
     }
 }

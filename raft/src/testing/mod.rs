@@ -26,7 +26,7 @@ use crate::RaftTiming;
 use net::{Factory, Hub};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::ClientWriteResponse;
-use openraft::{RaftMetrics, SnapshotPolicy};
+use openraft::RaftMetrics;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -121,18 +121,7 @@ impl Router {
     /// A router with no nodes yet; nodes keep their data under `base`. openraft is
     /// configured from `timing` as [`crate::RaftNode::start`] configures it.
     pub fn new(base: &Path, timing: &RaftTiming) -> Result<Self, RouterError> {
-        let config = openraft::Config {
-            cluster_name: "tether-router".into(),
-            heartbeat_interval: timing.heartbeat_ms,
-            election_timeout_min: timing.election_min_ms,
-            election_timeout_max: timing.election_max_ms,
-            install_snapshot_timeout: 2_000,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(timing.snapshot_logs),
-            max_in_snapshot_log_to_keep: timing.keep_logs,
-            ..Default::default()
-        }
-        .validate()
-        .map_err(|e| RouterError::Raft(e.to_string()))?;
+        let config = crate::node::raft_config(timing).map_err(RouterError::Raft)?;
         Ok(Self {
             base: base.to_owned(),
             config: Arc::new(config),
