@@ -13,6 +13,7 @@ pub mod node;
 mod queue;
 pub mod rpc;
 mod server;
+mod shared;
 pub mod status;
 #[cfg(feature = "testing")]
 pub mod testing;

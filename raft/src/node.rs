@@ -1,16 +1,18 @@
 //! One Raft member: storage, QUIC endpoint, openraft, and the operations the gateway needs
 //! (write anywhere, linearizable barrier, membership), each routed to the leader.
 //!
-//! Long file: each operation here is short, but they share the one `Shared` core and its
-//! leader-routing retries; the batching and forwarding queues already live apart.
+//! Long file: each operation here is short, but they share the leader-routing retries;
+//! the core both this and the QUIC server act on is `shared.rs`, the queues live apart.
 
 use crate::network::{CallError, NetworkFactory, Peers};
 use crate::rpc::{ForwardError, Reply, Request};
 use crate::server;
+pub use crate::shared::SignalHandler;
+use crate::shared::{client_write_error, Shared};
 use crate::status::{MemberStatus, RaftStatus};
 use crate::tls::{TlsError, TlsIdentity};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{ChangeMembers, LogId, SnapshotPolicy};
+use openraft::error::RaftError;
+use openraft::SnapshotPolicy;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -103,108 +105,6 @@ pub enum RaftNodeError {
     /// The request was refused as invalid (for example a bad membership change).
     #[error("invalid: {0}")]
     Invalid(String),
-}
-
-/// What both the local API and the QUIC server act on.
-/// Handles a signaling message from another node and returns the answer.
-pub type SignalHandler =
-    Arc<dyn Fn(NodeId, Vec<u8>) -> futures::future::BoxFuture<'static, Vec<u8>> + Send + Sync>;
-
-pub(crate) struct Shared {
-    pub(crate) id: NodeId,
-    pub(crate) raft: Raft,
-    batcher: crate::batch::Batcher,
-    pub(crate) signal_handler: std::sync::OnceLock<SignalHandler>,
-}
-
-impl Shared {
-    pub(crate) async fn write_as_leader(&self, command: Command) -> Result<Response, ForwardError> {
-        self.batcher.write(command).await
-    }
-
-    pub(crate) async fn read_index_as_leader(&self) -> Result<Option<LogId<NodeId>>, ForwardError> {
-        match self.raft.get_read_log_id().await {
-            Ok((read_log_id, _applied)) => Ok(read_log_id),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(ForwardError::NotLeader {
-                    leader: f.leader_id,
-                })
-            }
-            Err(e) => Err(ForwardError::Unavailable(e.to_string())),
-        }
-    }
-
-    pub(crate) async fn add_member_as_leader(
-        &self,
-        id: NodeId,
-        node: NodeInfo,
-        timeout: Duration,
-    ) -> Result<(), ForwardError> {
-        let added = self
-            .raft
-            .add_learner(id, node, false)
-            .await
-            .map_err(client_write_error)?;
-        // openraft's own "blocking" add counts a learner within `replication_lag_threshold`
-        // entries as caught up, even one never reached; wait for a real acknowledgement of
-        // the entry that added it.
-        let target = added.log_id.index;
-        self.raft
-            .wait(Some(timeout))
-            .metrics(
-                |m| {
-                    m.replication
-                        .as_ref()
-                        .and_then(|r| r.get(&id).cloned().flatten())
-                        .is_some_and(|matched| matched.index >= target)
-                },
-                "new learner caught up",
-            )
-            .await
-            .map_err(|_| {
-                ForwardError::Unavailable(format!(
-                    "node {id} did not catch up within {timeout:?}; it stays a learner until removed"
-                ))
-            })?;
-        self.raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-            .await
-            .map_err(client_write_error)?;
-        Ok(())
-    }
-
-    pub(crate) async fn remove_member_as_leader(&self, id: NodeId) -> Result<(), ForwardError> {
-        let is_voter = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|v| v == id);
-        let change = if is_voter {
-            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-        } else {
-            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-        };
-        self.raft
-            .change_membership(change, false)
-            .await
-            .map_err(client_write_error)?;
-        Ok(())
-    }
-}
-
-fn client_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> ForwardError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ForwardError::NotLeader {
-            leader: f.leader_id,
-        },
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            ForwardError::Invalid(e.to_string())
-        }
-        RaftError::Fatal(e) => ForwardError::Unavailable(e.to_string()),
-    }
 }
 
 /// A running Raft member.

@@ -1,8 +1,8 @@
 //! The server side of the node-to-node transport: accepts QUIC connections from peers that
 //! present a cluster certificate and answers each stream's request.
 
-use crate::node::Shared;
 use crate::rpc::{read_frame, write_frame, Reply, Request};
+use crate::shared::Shared;
 use std::sync::Arc;
 
 /// Accepts connections until the endpoint closes.

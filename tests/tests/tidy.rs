@@ -231,3 +231,29 @@ fn no_source_file_is_long_unless_its_top_says_why() {
         "over {LIMIT} lines of code without a `Long file:` note at the top: {long:?}"
     );
 }
+
+#[test]
+fn every_error_and_close_code_is_documented() {
+    let doc = |name: &str| std::fs::read_to_string(root().join("docs").join(name)).unwrap();
+    let api = doc("api.md");
+    for code in tether_api::ErrorCode::ALL {
+        assert!(
+            api.contains(&format!("`{code}`")),
+            "docs/api.md lacks `{code}`"
+        );
+    }
+    let signaling = doc("signaling.md");
+    for code in tether_signaling::codes::ErrorCode::ALL {
+        assert!(
+            signaling.contains(&format!("`{code}`")),
+            "docs/signaling.md lacks `{code}`"
+        );
+    }
+    for code in tether_signaling::codes::CloseCode::ALL {
+        assert!(
+            signaling.contains(&format!("| {} |", code.code())),
+            "docs/signaling.md lacks close code {}",
+            code.code()
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! A local cluster on loopback: per-node configs on free ports, `cluster.json`, and waiting
 //! for an agreed leader. Used by `tether dev`, the bench harness and the test fixture alike.
 
-use crate::fs::write;
+pub use crate::fs::{config_path, save_config};
 use crate::pki::Secrets;
 use crate::process::NodeProcess;
 use serde::{Deserialize, Serialize};
@@ -48,16 +48,6 @@ pub fn free_addrs() -> io::Result<(SocketAddr, SocketAddr)> {
     let tcp = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let udp = UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
     Ok((tcp, udp))
-}
-
-/// Writes a config as TOML.
-pub fn save_config(path: &Path, config: &NodeConfig) -> io::Result<()> {
-    write(path, &toml::to_string(config).map_err(io::Error::other)?)
-}
-
-/// The config path of node `id` in a dev directory.
-pub fn config_path(dir: &Path, id: u64) -> PathBuf {
-    dir.join(format!("node{id}")).join("config.toml")
 }
 
 /// Generates secrets and `n` node configs (ids 1..=n) on free loopback ports, or reuses the

@@ -12,7 +12,8 @@ pub mod pki;
 pub mod process;
 pub mod wait;
 
-pub use cluster::{config_path, free_addrs, generate, save_config, ClusterFile, ClusterFileNode};
+pub use cluster::{free_addrs, generate, ClusterFile, ClusterFileNode};
+pub use fs::{config_path, save_config};
 pub use netfault::{drop_address, drop_ports, Isolation};
 pub use pki::Secrets;
 pub use process::{agent_command, outbound_ip, ChildProcess, NodeProcess};

@@ -114,7 +114,7 @@ impl Secrets {
             http: HttpSection::default(),
             sessions: Default::default(),
         };
-        crate::cluster::save_config(&node_dir.join("config.toml"), &config)?;
+        crate::fs::save_config(&node_dir.join("config.toml"), &config)?;
         Ok(config)
     }
 }
