@@ -21,24 +21,10 @@ pub mod webdriver;
 /// How long a wait may take before a test fails; generous, because CI is a shared 2-core box.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// The `tether` binary under test: `TETHER_BIN`, else beside the test executable's directory
-/// (`target/<profile>/tether`, built by the test command before the tests run).
+/// The `tether` binary under test (see [`tether_devkit::tether_bin`]); panics if it is
+/// not built.
 pub fn tether_bin() -> PathBuf {
-    if let Ok(bin) = std::env::var("TETHER_BIN") {
-        return bin.into();
-    }
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let bin = profile_dir.join("tether");
-    assert!(
-        bin.exists(),
-        "{} not found: build it first (`cargo build --release --bin tether`) or set TETHER_BIN",
-        bin.display()
-    );
-    bin
+    tether_devkit::tether_bin().unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub use tether_devkit::fixtures::{unsigned_token, SDP};

@@ -16,4 +16,4 @@ pub use cluster::{free_addrs, generate, ClusterFile, ClusterFileNode};
 pub use fs::{config_path, save_config};
 pub use netfault::{drop_address, drop_ports, Isolation};
 pub use pki::Secrets;
-pub use process::{agent_command, outbound_ip, ChildProcess, NodeProcess};
+pub use process::{agent_command, outbound_ip, tether_bin, ChildProcess, NodeProcess};

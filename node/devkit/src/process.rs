@@ -8,6 +8,33 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tether_node::config::NodeConfig;
 
+/// The `tether` binary to run: `TETHER_BIN`, else `tether` beside the running executable or
+/// one folder up (a test executable sits in `target/<profile>/deps/`).
+pub fn tether_bin() -> io::Result<PathBuf> {
+    if let Ok(bin) = std::env::var("TETHER_BIN") {
+        return Ok(bin.into());
+    }
+    let exe = std::env::current_exe()?;
+    let beside = exe.with_file_name("tether");
+    let above = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("tether"));
+    [Some(beside), above]
+        .into_iter()
+        .flatten()
+        .find(|bin| bin.exists())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "no tether binary beside {}: build it (`cargo build --release --bin tether`) or set TETHER_BIN",
+                    exe.display()
+                ),
+            )
+        })
+}
+
 /// A node running as a child process; killed when dropped.
 pub struct NodeProcess {
     /// Node id.

@@ -136,13 +136,14 @@ impl Hub {
             return;
         }
         metrics::counter!(names::JOINS_TOTAL, "result" => "admitted").increment(1);
-        let presence = {
+        let (remote, presence) = {
             let mut shell = self.shell();
             let step = shell.core.join_admitted(conn, &session_id);
-            let remote = self.perform(&shell, step.actions, Instant::now());
-            (remote, step.presence)
+            (
+                self.perform(&shell, step.actions, Instant::now()),
+                step.presence,
+            )
         };
-        let (remote, presence) = presence;
         self.send_remote(remote).await;
         let Some(presence) = presence else {
             return;

@@ -8,9 +8,8 @@ mod report;
 mod robot;
 mod signaling;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(name = "tether-bench", about = "Tether's benchmark harness")]
@@ -27,21 +26,6 @@ enum BenchCmd {
     Signaling(signaling::SignalingBenchArgs),
     /// Revoke, control loss and lease expiry → robot safe-stop, over real WebRTC.
     Robot(robot::RobotBenchArgs),
-}
-
-/// The `tether` binary to benchmark: `TETHER_BIN`, else the one beside this executable.
-pub(crate) fn tether_bin() -> Result<PathBuf> {
-    if let Ok(bin) = std::env::var("TETHER_BIN") {
-        return Ok(bin.into());
-    }
-    let bin = std::env::current_exe()?.with_file_name("tether");
-    if !bin.exists() {
-        bail!(
-            "{} not found: build it (`cargo build --release --bin tether`) or set TETHER_BIN",
-            bin.display()
-        );
-    }
-    Ok(bin)
 }
 
 fn main() -> Result<()> {

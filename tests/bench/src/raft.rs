@@ -103,7 +103,7 @@ impl BenchCluster {
         keep: bool,
         tweak: impl Fn(&mut tether_node::config::NodeConfig),
     ) -> Result<Self> {
-        let bin = crate::tether_bin()?;
+        let bin = tether_devkit::tether_bin()?;
         let LocalCluster {
             mut dir,
             secrets,
