@@ -1,6 +1,8 @@
 //! The headless operator console: creates a session, connects through signaling, offers
 //! WebRTC to the robot, authenticates on the `session` channel, drives at 20 Hz, counts the
 //! video frames it receives, and stops at once when the session is revoked or terminated.
+//! Before its session token expires it fetches a fresh one and presents it again, on
+//! signaling and on the `session` channel (the robot stops at the token's expiry).
 //!
 //! Long file: one connection attempt is one sequence (signal, offer, authenticate, drive,
 //! watch for the end) whose steps share the attempt's state; split, it reads worse.
@@ -101,6 +103,24 @@ pub struct CreatedSession {
     pub session_id: String,
     /// Its token.
     pub token: String,
+    /// When the token expires (ms since the epoch), if the gateway said so readably.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl CreatedSession {
+    /// When to fetch a fresh token: once a third of the current one's lifetime is left.
+    fn refresh_at(&self) -> Option<tokio::time::Instant> {
+        let left = self
+            .expires_at_ms?
+            .saturating_sub(tether_api::time::now_ms());
+        Some(tokio::time::Instant::now() + Duration::from_millis(left * 2 / 3))
+    }
+
+    /// Takes a fresh token.
+    fn renew(&mut self, fresh: tether_api::types::SessionToken) {
+        self.expires_at_ms = tether_api::time::parse_rfc3339(&fresh.expires_at).ok();
+        self.token = fresh.token;
+    }
 }
 
 /// How long to wait for the robot to join and answer.
@@ -113,6 +133,8 @@ enum Event {
     Gathered,
     State(RTCPeerConnectionState),
     SessionOpen,
+    /// A token refresh came back (see [`refresh_token`]).
+    Refreshed(Result<Option<tether_api::types::SessionToken>, Outcome>),
     Session(SessionMessage),
     SessionClosed,
     FirstFrame,
@@ -172,6 +194,7 @@ pub async fn create_session(
             ClientError::Http(e) => ConsoleError::Http(e.to_string()),
         })?;
     Ok(CreatedSession {
+        expires_at_ms: tether_api::time::parse_rfc3339(&created.expires_at).ok(),
         session_id: created.session_id,
         token: created.token,
     })
@@ -206,7 +229,7 @@ pub async fn run(
     };
     let mut losses = 0;
     let outcome = loop {
-        match connect_and_drive(&options, &session, &frames, &mut run).await {
+        match connect_and_drive(&options, &mut session, &frames, &mut run).await {
             Ok(Attempt::Over(outcome)) => break Ok(outcome),
             Ok(Attempt::Lost { why, was_live }) => {
                 // Count losses in a row: a connection that went live starts the count anew.
@@ -224,7 +247,7 @@ pub async fn run(
                 tokio::time::sleep(RECONNECT_PAUSE).await;
                 // The session token may be near its end; a fresh one carries on.
                 match refresh_token(&options, &session.session_id).await {
-                    Ok(Some(token)) => session.token = token,
+                    Ok(Some(fresh)) => session.renew(fresh),
                     Ok(None) => {}
                     Err(ended) => break Ok(ended),
                 }
@@ -247,6 +270,8 @@ pub async fn run(
 
 /// Gives up after this many lost connections in a row (none of them went live).
 const MAX_RECONNECTS: u32 = 20;
+/// How soon to try again when a token refresh could not reach the gateway.
+const REFRESH_RETRY: Duration = Duration::from_secs(1);
 /// Pause between a lost connection and the next attempt.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 /// How long a fresh WebRTC connection may take to connect before it counts as lost.
@@ -284,14 +309,26 @@ impl Attempt {
 async fn refresh_token(
     options: &ConsoleOptions,
     session_id: &str,
-) -> Result<Option<String>, Outcome> {
-    let client = Client::with_timeout(
+) -> Result<Option<tether_api::types::SessionToken>, Outcome> {
+    refresh_with(refresh_client(options), session_id).await
+}
+
+/// The client a refresh goes through: the operator's login token, a short timeout.
+fn refresh_client(options: &ConsoleOptions) -> Client {
+    Client::with_timeout(
         &options.gateway,
         &options.operator_token,
         Duration::from_secs(2),
-    );
+    )
+}
+
+/// [`refresh_token`] with a client of its own (so that it can run in a task).
+async fn refresh_with(
+    client: Client,
+    session_id: &str,
+) -> Result<Option<tether_api::types::SessionToken>, Outcome> {
     match client.refresh_session(session_id).await {
-        Ok(token) => Ok(Some(token.token)),
+        Ok(token) => Ok(Some(token)),
         Err(ClientError::Api { status: 409, body }) => Err(Outcome::Terminated(body.message)),
         Err(_) => Ok(None),
     }
@@ -300,7 +337,7 @@ async fn refresh_token(
 /// One attempt: signaling, join, wait for the robot, then WebRTC until the end or a loss.
 async fn connect_and_drive(
     options: &ConsoleOptions,
-    session: &CreatedSession,
+    session: &mut CreatedSession,
     frames: &Arc<AtomicU64>,
     run: &mut RunState,
 ) -> Result<Attempt, ConsoleError> {
@@ -384,7 +421,7 @@ fn ended(kind: &str, frame: &Value) -> Outcome {
 /// Negotiates, authenticates and drives until the session ends.
 async fn drive(
     options: &ConsoleOptions,
-    session: &CreatedSession,
+    session: &mut CreatedSession,
     pc: &Arc<dyn PeerConnection>,
     (signal_tx, signal_rx): (&SignalSender, &mut signal::SignalReceiver),
     events_tx: mpsc::UnboundedSender<Event>,
@@ -403,7 +440,7 @@ async fn drive(
         .await?;
     let session_dc = pc.create_data_channel(SESSION_CHANNEL, None).await?;
     tokio::spawn(drain(control.clone()));
-    tokio::spawn(pump_session(session_dc.clone(), events_tx));
+    tokio::spawn(pump_session(session_dc.clone(), events_tx.clone()));
     pc.add_transceiver_from_kind(
         RtpCodecKind::Video,
         Some(RTCRtpTransceiverInit {
@@ -424,7 +461,16 @@ async fn drive(
         .ok_or_else(|| ConsoleError::Peer("no local description".into()))?;
     signal_tx.send(&ClientFrame::Offer { sdp: offer.sdp });
 
-    let auth_token = options.auth_token.as_deref().unwrap_or(&session.token);
+    // The token presented to the robot: the session's own (renewed before it expires), or
+    // the one the caller insists on.
+    let auth_token = |session: &CreatedSession| {
+        options
+            .auth_token
+            .clone()
+            .unwrap_or_else(|| session.token.clone())
+    };
+    let mut refresh_at = session.refresh_at();
+    let mut session_open = false;
     let mut ticker = tokio::time::interval(CONTROL_PERIOD);
     let mut authenticated = false;
     let mut connected = false;
@@ -475,9 +521,26 @@ async fn drive(
             },
             event = events.recv() => match event {
                 Some(Event::SessionOpen) => {
-                    let auth = SessionMessage::Auth { token: auth_token.to_owned() };
+                    session_open = true;
+                    let auth = SessionMessage::Auth { token: auth_token(session) };
                     session_dc.send_text(&auth.render()).await?;
                 }
+                Some(Event::Refreshed(Ok(Some(fresh)))) => {
+                    session.renew(fresh);
+                    refresh_at = session.refresh_at();
+                    // The gateway and the robot each hold the connection to the token's expiry.
+                    if signal_open {
+                        signal_tx.send(&ClientFrame::Auth { token: session.token.clone() });
+                    }
+                    if session_open && options.auth_token.is_none() {
+                        let auth = SessionMessage::Auth { token: session.token.clone() };
+                        session_dc.send_text(&auth.render()).await?;
+                    }
+                }
+                Some(Event::Refreshed(Ok(None))) => {
+                    refresh_at = Some(tokio::time::Instant::now() + REFRESH_RETRY);
+                }
+                Some(Event::Refreshed(Err(ended))) => return Ok(Attempt::Over(ended)),
                 Some(Event::Session(SessionMessage::AuthOk { .. })) => {
                     authenticated = true;
                     options.events.now("auth_ok", json!({ "session_id": session.session_id }));
@@ -504,7 +567,10 @@ async fn drive(
                 Some(Event::FirstFrame) => {
                     options.events.now("video_frame", json!({ "session_id": session.session_id }));
                 }
-                Some(Event::SessionClosed) => authenticated = false,
+                Some(Event::SessionClosed) => {
+                    authenticated = false;
+                    session_open = false;
+                }
                 Some(Event::State(RTCPeerConnectionState::Connected)) => connected = true,
                 // Disconnected comes after a few seconds of silence; waiting for Failed
                 // (about 30 s) would leave the operator blind that long.
@@ -533,8 +599,25 @@ async fn drive(
                     let _ = control.send_text(&command.to_string()).await;
                 }
             }
+            _ = sleep_until_some(refresh_at), if refresh_at.is_some() => {
+                // In the background: the control ticks must not wait on HTTP.
+                refresh_at = None;
+                let client = refresh_client(options);
+                let (sid, events) = (session.session_id.clone(), events_tx.clone());
+                tokio::spawn(async move {
+                    let _ = events.send(Event::Refreshed(refresh_with(client, &sid).await));
+                });
+            }
             _ = tokio::signal::ctrl_c() => return Ok(Attempt::Over(Outcome::Finished)),
         }
+    }
+}
+
+/// Sleeps until `at` (forever when `None`; the `select!` branch is disabled then anyway).
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

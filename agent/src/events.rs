@@ -20,10 +20,17 @@ pub fn millis(t: Duration) -> f64 {
     (t.as_micros() as f64) / 1000.0
 }
 
+/// Where event lines go: a file, or anything else that takes bytes (tests use sinks that
+/// stall).
+pub type EventSink = Box<dyn Write + Send>;
+
 /// A shared, append-only events file; a no-op when no file was asked for.
+///
+/// Writing may block (a full disk, a stalled pipe): the safety guard therefore writes its
+/// events from its own writer thread, never under the safety lock.
 #[derive(Clone, Default)]
 pub struct EventLog {
-    file: Option<Arc<Mutex<File>>>,
+    file: Option<Arc<Mutex<EventSink>>>,
 }
 
 impl EventLog {
@@ -33,9 +40,14 @@ impl EventLog {
             .create(true)
             .append(true)
             .open(path)?;
-        Ok(Self {
-            file: Some(Arc::new(Mutex::new(file))),
-        })
+        Ok(Self::to_sink(Box::new(file)))
+    }
+
+    /// Writes to `sink`.
+    pub fn to_sink(sink: EventSink) -> Self {
+        Self {
+            file: Some(Arc::new(Mutex::new(sink))),
+        }
     }
 
     /// A log that writes nothing.

@@ -4,6 +4,7 @@
 pub mod actuator;
 pub mod console;
 pub mod events;
+pub mod gateway;
 pub mod guard;
 pub mod link;
 pub mod peer;

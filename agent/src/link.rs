@@ -15,8 +15,11 @@ pub const CONTROL_CHANNEL: &str = "control";
 pub enum SessionMessage {
     /// Console → robot: the session token; first, and on every re-opened channel.
     Auth { token: String },
-    /// Console → robot: stop now.
+    /// Console → robot: stop now, and stay stopped (latched) until `rearm`.
     Estop,
+    /// Console → robot: the operator clears the e-stop latch; honoured only on the
+    /// authenticated channel. The next fresh command moves the robot again.
+    Rearm,
     /// Robot → console: authenticated.
     AuthOk { session_id: String },
     /// Robot → console: refused.
@@ -86,6 +89,11 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<SessionMessage>(r#"{"type":"dance"}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<SessionMessage>(r#"{"type":"rearm"}"#).unwrap(),
+            SessionMessage::Rearm
+        );
+        assert_eq!(SessionMessage::Rearm.render(), r#"{"type":"rearm"}"#);
     }
 
     #[test]

@@ -1,29 +1,33 @@
-//! The robot agent: stays connected to a gateway (failing over across the given ones),
-//! joins the sessions assigned to it, answers the console's WebRTC offer with a video track,
-//! and feeds the safety core from signaling (leases, revocations) and the DataChannels
-//! (auth, control). The core, not WebRTC state, decides when the robot moves.
+//! The robot agent: stays connected to a gateway (failing over across the given ones, and
+//! re-authenticating as its token is renewed), joins the sessions assigned to it, asks for
+//! leases, answers the console's WebRTC offer with a video track, and feeds the safety core
+//! from signaling (leases, revocations) and the DataChannels (auth, control). The core, not
+//! WebRTC state, decides when the robot moves.
 
 use crate::actuator::SimulatedRobot;
 use crate::events::EventLog;
+use crate::gateway::{self, Connection, GatewayEvent, Reauth};
 use crate::guard::SafetyGuard;
-use crate::link::{ControlMessage, SessionMessage, CONTROL_CHANNEL, SESSION_CHANNEL};
+use crate::link::SessionMessage;
 use crate::safety::{Credentials, DenyReason, Effect, SafetyConfig, StopCause};
-use crate::video::TestPattern;
 use serde_json::{json, Value};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tether_api::signal::{self, Incoming, SignalSender};
+use tether_api::signal::{Incoming, SignalError, SignalSocket};
 use tether_signaling::protocol::ClientFrame;
 use tokio::sync::mpsc;
-use webrtc::data_channel::{DataChannel, DataChannelEvent};
-use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionEventHandler, RTCIceCandidateInit, RTCIceGatheringState,
-    RTCPeerConnectionState, RTCSessionDescription,
-};
+use webrtc::peer_connection::RTCIceCandidateInit;
 
-/// Checks a session token presented on the `session` channel: signature, expiry, role.
-/// The node binary implements it with the cluster's public key; the core does the rest.
+pub use crate::gateway::TokenSource;
+
+mod session;
+
+/// Checks a session token presented on the `session` channel: signature, expiry, kind
+/// (a session token, nothing else). The node binary implements it with the cluster's
+/// public key; the core does the rest. `Credentials::expires_in` is the token's `exp` minus
+/// wall-clock now.
 pub trait TokenCheck: Send + Sync {
     /// The verified claims, or why not.
     fn check(&self, token: &str) -> Result<Credentials, DenyReason>;
@@ -33,8 +37,9 @@ pub trait TokenCheck: Send + Sync {
 pub struct AgentOptions {
     /// Gateways' HTTP base URLs, tried in turn.
     pub gateways: Vec<String>,
-    /// The robot token.
-    pub token: String,
+    /// Where the robot token comes from; read again every second, and sent on the live
+    /// connection when it changes. Reconnects use the newest.
+    pub token: TokenSource,
     /// Safety tunables.
     pub safety: SafetyConfig,
     /// The address WebRTC binds (its only host candidate).
@@ -45,10 +50,8 @@ pub struct AgentOptions {
 
 /// How long connecting to one gateway may take before the next is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long ICE gathering may take (host candidates only: milliseconds in practice).
-const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Telemetry period on the `session` channel.
-const TELEMETRY_PERIOD: Duration = Duration::from_millis(100);
+/// How often the token source is read again.
+const TOKEN_POLL: Duration = Duration::from_secs(1);
 
 /// A running agent.
 pub struct Agent {
@@ -57,6 +60,10 @@ pub struct Agent {
     robot: SimulatedRobot,
     check: Arc<dyn TokenCheck>,
     peer: Mutex<Option<PeerHandle>>,
+    /// The newest token read from the source (kept when a later read fails).
+    token: Mutex<Option<String>>,
+    /// Whether the last read of the token source failed (so a failing file warns once).
+    token_failing: AtomicBool,
 }
 
 /// Commands to a peer's task.
@@ -69,6 +76,17 @@ enum PeerCommand {
 struct PeerHandle {
     session_id: String,
     commands: mpsc::UnboundedSender<PeerCommand>,
+}
+
+/// What a gateway frame asks of the connection loop.
+#[derive(Debug, Default)]
+struct Reply {
+    /// Frames to send.
+    send: Vec<ClientFrame>,
+    /// Ask for a lease now (a new session, or a join admitted).
+    ask_lease: bool,
+    /// An offer to answer.
+    offer: Option<String>,
 }
 
 impl Agent {
@@ -86,6 +104,8 @@ impl Agent {
             robot,
             check,
             peer: Mutex::new(None),
+            token: Mutex::new(None),
+            token_failing: AtomicBool::new(false),
         })
     }
 
@@ -100,30 +120,18 @@ impl Agent {
         let mut backoff = Duration::from_millis(50);
         for attempt in 0.. {
             let gateway = &gateways[attempt % gateways.len()];
-            let connected = tokio::time::timeout(
-                CONNECT_TIMEOUT,
-                signal::connect(gateway, &self.options.token),
-            )
-            .await;
-            match connected {
-                Ok(Ok((tx, mut rx))) => {
-                    tracing::info!(%gateway, "connected to gateway");
-                    self.options
-                        .events
-                        .now("gateway_connected", json!({ "gateway": gateway }));
-                    backoff = Duration::from_millis(50);
-                    loop {
-                        match rx.next().await {
-                            Incoming::Frame(frame) => self.on_frame(frame, &tx).await,
-                            Incoming::Closed(code) => {
-                                tracing::info!(%gateway, code, "gateway connection closed");
-                                break;
-                            }
+            match self.fresh_token().await {
+                None => tracing::warn!("no robot token to connect with"),
+                Some(token) => {
+                    match tokio::time::timeout(CONNECT_TIMEOUT, connect(gateway, &token)).await {
+                        Ok(Ok((auth_ok, socket))) => {
+                            backoff = Duration::from_millis(50);
+                            self.serve_gateway(gateway, token, auth_ok, socket).await;
                         }
+                        Ok(Err(e)) => tracing::warn!(%gateway, error = %e, "gateway refused"),
+                        Err(_) => tracing::warn!(%gateway, "gateway did not answer in time"),
                     }
                 }
-                Ok(Err(e)) => tracing::warn!(%gateway, error = %e, "gateway refused"),
-                Err(_) => tracing::warn!(%gateway, "gateway did not answer in time"),
             }
             // Try the next gateway at once; pause only after a full round failed.
             if (attempt + 1) % gateways.len() == 0 {
@@ -133,57 +141,181 @@ impl Agent {
         }
     }
 
-    async fn on_frame(self: &Arc<Self>, frame: Value, tx: &SignalSender) {
-        let text = |key: &str| frame[key].as_str().unwrap_or_default().to_owned();
-        match frame["type"].as_str().unwrap_or_default() {
-            "session_assigned" => {
-                let session_id = text("session_id");
+    /// The token source's token now, or the newest one read before if it cannot be read.
+    async fn fresh_token(&self) -> Option<String> {
+        let mut newest = self.token.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match self.options.token.read().await {
+            Ok(token) => {
+                self.token_failing.store(false, Ordering::Relaxed);
+                *self.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token.clone());
+                newest = Some(token);
+            }
+            Err(e) if !self.token_failing.swap(true, Ordering::Relaxed) => {
+                tracing::warn!(error = %e, "reading the robot token; keeping the last one");
+            }
+            Err(e) => tracing::debug!(error = %e, "reading the robot token"),
+        }
+        newest
+    }
+
+    /// One authenticated gateway connection, until it closes.
+    async fn serve_gateway(
+        self: &Arc<Self>,
+        gateway: &str,
+        token: String,
+        auth_ok: Value,
+        socket: SignalSocket,
+    ) {
+        tracing::info!(%gateway, "connected to gateway");
+        self.options
+            .events
+            .now("gateway_connected", json!({ "gateway": gateway }));
+        let (tx, mut rx) = socket.split();
+        let mut conn = Connection::new(token);
+        self.on_frame(&auth_ok, &mut conn);
+        // Ask for a lease at once: this gateway has granted this connection nothing yet.
+        let mut lease_at = tokio::time::Instant::now();
+        let mut token_poll = tokio::time::interval(TOKEN_POLL);
+        token_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                incoming = rx.next() => match incoming {
+                    Incoming::Frame(frame) => {
+                        let reply = self.on_frame(&frame, &mut conn);
+                        for frame in &reply.send {
+                            tx.send(frame);
+                        }
+                        if let Some(sdp) = reply.offer {
+                            self.on_offer(sdp, tx.clone());
+                        }
+                        if reply.ask_lease {
+                            lease_at = tokio::time::Instant::now();
+                        }
+                    }
+                    Incoming::Closed(code) => {
+                        tracing::info!(%gateway, code, "gateway connection closed");
+                        break;
+                    }
+                },
+                _ = tokio::time::sleep_until(lease_at) => {
+                    // Stamped before the core stamps the request, so the events file never
+                    // shows an anchor later than the one the core uses (benchmarks check
+                    // the lease bound against it).
+                    let asked_at = crate::events::monotonic_now();
+                    if let Some((session_id, nonce)) = self.guard.lease_request() {
+                        self.options.events.record(
+                            asked_at,
+                            "lease_requested",
+                            json!({ "session_id": session_id, "nonce": nonce }),
+                        );
+                        tx.send(&ClientFrame::LeaseRequest { session_id, nonce });
+                    }
+                    lease_at = tokio::time::Instant::now() + self.guard.lease_period();
+                }
+                _ = token_poll.tick() => {
+                    let Some(fresh) = self.fresh_token().await else { continue };
+                    match conn.reauth(&fresh, std::time::Instant::now()) {
+                        Reauth::Send => {
+                            tracing::info!(%gateway, "re-authenticating with the renewed robot token");
+                            tx.send(&ClientFrame::Auth { token: fresh });
+                        }
+                        Reauth::Warn { left } => tracing::warn!(
+                            left_s = left.as_secs(),
+                            "the robot token expires soon and its source holds no newer one"
+                        ),
+                        Reauth::Nothing => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Acts on one gateway frame; what to send back is left to the caller.
+    fn on_frame(&self, frame: &Value, conn: &mut Connection) -> Reply {
+        let mut reply = Reply::default();
+        let Some(event) = gateway::read(frame) else {
+            tracing::debug!(kind = %frame["type"], "ignoring a malformed gateway frame");
+            return reply;
+        };
+        match event {
+            GatewayEvent::AuthOk { expires_in, ended } => {
+                conn.authenticated(expires_in, std::time::Instant::now());
+                // Failing over while the session was revoked: this is where the robot hears.
+                if let Some((session_id, cause, reason)) = ended {
+                    self.session_ended(&session_id, cause, reason);
+                }
+            }
+            GatewayEvent::Assigned { session_id } => {
                 let effects = self.guard.assign(&session_id);
                 self.carry_out(&effects);
-                tx.send(&ClientFrame::Join { session_id });
+                conn.joining(&session_id);
+                reply.send.push(ClientFrame::Join { session_id });
+                reply.ask_lease = true;
             }
-            "lease" => {
-                let ttl = Duration::from_millis(frame["ttl_ms"].as_u64().unwrap_or(0));
-                self.guard.lease(&text("session_id"), ttl);
+            GatewayEvent::Joined { session_id } => {
+                conn.joined(&session_id);
+                reply.ask_lease = true;
             }
-            "offer" => self.on_offer(text("sdp"), tx.clone()).await,
-            "candidate" => {
+            GatewayEvent::Lease {
+                session_id,
+                ttl,
+                nonce,
+            } => {
+                self.guard.lease(&session_id, ttl, nonce);
+                self.options.events.now(
+                    "lease_received",
+                    json!({ "session_id": session_id, "nonce": nonce, "ttl_ms": ttl.as_millis() as u64 }),
+                );
+            }
+            GatewayEvent::Offer { sdp } => reply.offer = Some(sdp),
+            GatewayEvent::Candidate {
+                candidate,
+                sdp_mid,
+                sdp_mline_index,
+            } => {
                 let candidate = RTCIceCandidateInit {
-                    candidate: text("candidate"),
-                    sdp_mid: frame["sdp_mid"].as_str().map(str::to_owned),
-                    sdp_mline_index: frame["sdp_mline_index"].as_u64().map(|i| i as u16),
+                    candidate,
+                    sdp_mid,
+                    sdp_mline_index,
                     ..Default::default()
                 };
                 self.to_peer(None, PeerCommand::Candidate(candidate));
             }
-            kind @ ("revoked" | "terminated") => {
-                let (session_id, reason) = (text("session_id"), text("reason"));
-                let cause = if kind == "revoked" {
-                    StopCause::Revoked
-                } else {
-                    StopCause::Terminated
-                };
-                // Stop first (synchronously, under the core's lock); tell the console after.
-                let effects = self.guard.end_session(&session_id, cause);
-                let notice = if kind == "revoked" {
-                    SessionMessage::Revoked {
-                        session_id: session_id.clone(),
-                        reason,
-                    }
-                } else {
-                    SessionMessage::Terminated {
-                        session_id: session_id.clone(),
-                        reason,
-                    }
-                };
-                self.to_peer(Some(&session_id), PeerCommand::Notify(notice));
-                self.carry_out(&effects);
-            }
-            "error" => tracing::warn!(
-                code = %text("code"), message = %text("message"), "gateway error"
-            ),
-            _ => {}
+            GatewayEvent::Ended {
+                session_id,
+                cause,
+                reason,
+            } => self.session_ended(&session_id, cause, reason),
+            GatewayEvent::Error { code, message } => match gateway::join_ended(&code) {
+                Some(cause) => match conn.join_refused() {
+                    Some(session_id) => self.session_ended(&session_id, cause, message),
+                    None => tracing::warn!(%code, %message, "gateway error for no join"),
+                },
+                None => tracing::warn!(%code, %message, "gateway error"),
+            },
+            GatewayEvent::Other => {}
         }
+        reply
+    }
+
+    /// The gateway says `session_id` ended (current or not): stop first (synchronously,
+    /// under the core's lock), then tell the console and hang up.
+    fn session_ended(&self, session_id: &str, cause: StopCause, reason: String) {
+        let effects = self.guard.end_session(session_id, cause);
+        let session_id = session_id.to_owned();
+        let notice = if cause == StopCause::Revoked {
+            SessionMessage::Revoked {
+                session_id: session_id.clone(),
+                reason,
+            }
+        } else {
+            SessionMessage::Terminated {
+                session_id: session_id.clone(),
+                reason,
+            }
+        };
+        self.to_peer(Some(&session_id), PeerCommand::Notify(notice));
+        self.carry_out(&effects);
     }
 
     /// Carries out the network side of the core's effects.
@@ -204,253 +336,169 @@ impl Agent {
             }
         }
     }
-
-    async fn on_offer(self: &Arc<Self>, sdp: String, signal: SignalSender) {
-        let Some(session_id) = self.guard.status().session_id else {
-            tracing::warn!("an offer without an assigned session");
-            return;
-        };
-        // A new offer means the console (re)connected: the old PeerConnection goes.
-        self.to_peer(None, PeerCommand::Close);
-        let (commands, command_rx) = mpsc::unbounded_channel();
-        *self.peer.lock().unwrap_or_else(|e| e.into_inner()) = Some(PeerHandle {
-            session_id: session_id.clone(),
-            commands,
-        });
-        let agent = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = agent
-                .serve_peer(session_id.clone(), sdp, signal, command_rx)
-                .await
-            {
-                tracing::warn!(%session_id, error = %e, "WebRTC session failed");
-            }
-        });
-    }
-
-    async fn serve_peer(
-        self: Arc<Self>,
-        session_id: String,
-        offer: String,
-        signal: SignalSender,
-        mut commands: mpsc::UnboundedReceiver<PeerCommand>,
-    ) -> webrtc::error::Result<()> {
-        let (events_tx, mut events) = mpsc::unbounded_channel();
-        let session_channel: SessionSlot = Arc::default();
-        let handler = Arc::new(RobotHandler {
-            agent: self.clone(),
-            session_id: session_id.clone(),
-            events: events_tx,
-            session_channel: session_channel.clone(),
-        });
-        let pc = crate::peer::build(self.options.rtc_ip, handler).await?;
-        let video = TestPattern::attach(&pc).await?;
-        let result = negotiate(&pc, offer, &signal, &mut events).await;
-        let mut streaming = None;
-        if result.is_ok() {
-            loop {
-                tokio::select! {
-                    command = commands.recv() => match command {
-                        Some(PeerCommand::Candidate(c)) => {
-                            if let Err(e) = pc.add_ice_candidate(c).await {
-                                tracing::debug!(error = %e, "a remote candidate was refused");
-                            }
-                        }
-                        Some(PeerCommand::Notify(message)) => {
-                            let dc = session_channel.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                            if let Some((_, dc)) = dc {
-                                let _ = dc.send_text(&message.render()).await;
-                            }
-                        }
-                        Some(PeerCommand::Close) | None => break,
-                    },
-                    event = events.recv() => match event {
-                        Some(PcEvent::State(RTCPeerConnectionState::Connected)) => {
-                            if streaming.is_none() {
-                                streaming = Some(tokio::spawn(video.clone().stream()));
-                            }
-                        }
-                        // Close on Failed: a dead peer's channels never report closing.
-                        Some(PcEvent::State(
-                            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed,
-                        )) | None => break,
-                        Some(_) => {}
-                    },
-                }
-            }
-        }
-        if let Some(s) = streaming {
-            s.abort();
-        }
-        let _ = pc.close().await;
-        // A closed PeerConnection never reports its channels closing: count it as closed.
-        let channel = session_channel
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some((id, _)) = channel {
-            let effects = self.guard.channel_closed(id);
-            self.carry_out(&effects);
-        }
-        self.options
-            .events
-            .now("peer_closed", json!({ "session_id": session_id }));
-        tracing::info!(%session_id, "PeerConnection closed");
-        result
-    }
 }
 
-/// Answers `offer` on `pc` and sends the answer, with its candidates, over signaling.
-async fn negotiate(
-    pc: &Arc<dyn PeerConnection>,
-    offer: String,
-    signal: &SignalSender,
-    events: &mut mpsc::UnboundedReceiver<PcEvent>,
-) -> webrtc::error::Result<()> {
-    pc.set_remote_description(RTCSessionDescription::offer(offer)?)
-        .await?;
-    let answer = pc.create_answer(None).await?;
-    pc.set_local_description(answer).await?;
-    // Non-trickle on this side: the answer carries its (host) candidates.
-    if !crate::peer::wait_for(events, GATHER_TIMEOUT, |e| matches!(e, PcEvent::Gathered)).await {
-        tracing::warn!("ICE gathering did not complete; answering with what there is");
-    }
-    if let Some(answer) = pc.local_description().await {
-        signal.send(&ClientFrame::Answer { sdp: answer.sdp });
-    }
-    Ok(())
+/// Connects to `gateway` and authenticates with `token`: the `auth_ok` frame (it says how
+/// long the token holds and where the robot's last session stands) and the socket.
+async fn connect(gateway: &str, token: &str) -> Result<(Value, SignalSocket), SignalError> {
+    let mut socket = SignalSocket::connect(gateway).await?;
+    let auth_ok = socket.authenticate(token).await?;
+    Ok((auth_ok, socket))
 }
 
-/// What the PeerConnection reports to its task.
-enum PcEvent {
-    Gathered,
-    State(RTCPeerConnectionState),
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The peer's `session` channel, with the id the safety core knows it by.
-type SessionSlot = Arc<Mutex<Option<(u64, Arc<dyn DataChannel>)>>>;
+    /// Accepts any token as a session token for the session the token names.
+    struct Accept;
 
-/// Ids for `session` channels, unique in this process.
-static NEXT_CHANNEL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-struct RobotHandler {
-    agent: Arc<Agent>,
-    session_id: String,
-    events: mpsc::UnboundedSender<PcEvent>,
-    session_channel: SessionSlot,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for RobotHandler {
-    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
-        if state == RTCIceGatheringState::Complete {
-            let _ = self.events.send(PcEvent::Gathered);
+    impl TokenCheck for Accept {
+        fn check(&self, token: &str) -> Result<Credentials, DenyReason> {
+            Ok(Credentials {
+                session_id: token.into(),
+                token_id: format!("jti-{token}"),
+                operator: "alice".into(),
+                expires_in: Duration::from_secs(3600),
+            })
         }
     }
 
-    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        tracing::debug!(session_id = %self.session_id, %state, "peer connection state");
-        let _ = self.events.send(PcEvent::State(state));
+    fn agent() -> Arc<Agent> {
+        Agent::new(
+            AgentOptions {
+                gateways: vec!["http://127.0.0.1:9".into()],
+                token: TokenSource::Fixed("robot-token".into()),
+                safety: SafetyConfig::default(),
+                rtc_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                events: EventLog::disabled(),
+            },
+            Arc::new(Accept),
+        )
     }
 
-    async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
-        // Never block the driver: every channel gets its own task.
-        let agent = self.agent.clone();
-        let slot = self.session_channel.clone();
-        let session_id = self.session_id.clone();
-        tokio::spawn(async move {
-            match dc.label().await.unwrap_or_default().as_str() {
-                SESSION_CHANNEL => serve_session_channel(agent, dc, slot, session_id).await,
-                CONTROL_CHANNEL => serve_control_channel(agent, dc).await,
-                other => {
-                    tracing::warn!(label = other, "an unknown DataChannel; closing it");
-                    let _ = dc.close().await;
-                }
-            }
-        });
+    fn auth_ok(last_session: Value) -> Value {
+        json!({"type": "auth_ok", "role": "robot", "subject": "r", "expires_in_ms": 60_000,
+               "last_session": last_session})
     }
-}
 
-async fn serve_control_channel(agent: Arc<Agent>, dc: Arc<dyn DataChannel>) {
-    while let Some(event) = dc.poll().await {
-        match event {
-            DataChannelEvent::OnMessage(message) => {
-                if let Some(command) = ControlMessage::parse(&message.data) {
-                    agent.guard.control(command);
-                }
-            }
-            DataChannelEvent::OnClose => break,
-            _ => {}
+    fn assigned(sid: &str) -> Value {
+        json!({"type": "session_assigned", "session_id": sid})
+    }
+
+    fn denied_as_revoked(agent: &Agent, peer: u64, sid: &str) -> bool {
+        matches!(
+            agent.guard.authenticate(peer, agent.check.check(sid))[..],
+            [Effect::AuthDenied {
+                reason: DenyReason::Revoked,
+                ..
+            }]
+        )
+    }
+
+    #[test]
+    fn a_robot_that_fails_over_while_its_session_is_revoked_still_hears_it() {
+        let agent = agent();
+        let mut conn = Connection::new("robot-token".into());
+        let reply = agent.on_frame(&assigned("ses_1"), &mut conn);
+        assert_eq!(
+            reply.send,
+            vec![ClientFrame::Join {
+                session_id: "ses_1".into()
+            }]
+        );
+        assert!(reply.ask_lease);
+        assert!(matches!(
+            agent.guard.authenticate(1, agent.check.check("ses_1"))[..],
+            [Effect::AuthOk { .. }]
+        ));
+        // The connection dropped; on another gateway, auth_ok says the session was revoked
+        // meanwhile (the `revoked` frame went to the dead connection).
+        let mut conn = Connection::new("robot-token".into());
+        let reply = agent.on_frame(
+            &auth_ok(json!({"session_id": "ses_1", "state": "revoked", "reason": "r"})),
+            &mut conn,
+        );
+        assert!(reply.send.is_empty());
+        assert_eq!(agent.guard.status().cause, Some(StopCause::Revoked));
+        assert_eq!(agent.guard.lease_request(), None);
+        assert!(denied_as_revoked(&agent, 2, "ses_1"));
+        // A session that is not the current one is remembered: assigned later, refused.
+        agent.on_frame(
+            &auth_ok(json!({"session_id": "ses_0", "state": "terminated"})),
+            &mut conn,
+        );
+        agent.on_frame(&assigned("ses_0"), &mut conn);
+        assert!(denied_as_revoked(&agent, 3, "ses_0"));
+        // An active last session changes nothing.
+        agent.on_frame(&assigned("ses_2"), &mut conn);
+        agent.on_frame(
+            &auth_ok(json!({"session_id": "ses_2", "state": "active"})),
+            &mut conn,
+        );
+        assert!(agent.guard.lease_request().is_some());
+    }
+
+    #[test]
+    fn a_join_refused_because_the_session_ended_stops_and_latches() {
+        let agent = agent();
+        let mut conn = Connection::new("robot-token".into());
+        agent.on_frame(&assigned("ses_1"), &mut conn);
+        // Other refusals are only logged.
+        let unavailable = json!({"type": "error", "code": "unavailable", "message": "m"});
+        agent.on_frame(&unavailable, &mut conn);
+        assert!(agent.guard.lease_request().is_some());
+        let revoked = json!({"type": "error", "code": "session_revoked", "message": "m"});
+        agent.on_frame(&revoked, &mut conn);
+        assert_eq!(agent.guard.status().cause, Some(StopCause::Revoked));
+        assert!(denied_as_revoked(&agent, 1, "ses_1"));
+        // A second refusal with no join in flight ends nothing else.
+        agent.on_frame(&assigned("ses_2"), &mut conn);
+        agent.on_frame(
+            &json!({"type": "joined", "session_id": "ses_2", "peer_present": false}),
+            &mut conn,
+        );
+        let terminated = json!({"type": "error", "code": "session_terminated", "message": "m"});
+        agent.on_frame(&terminated, &mut conn);
+        assert!(agent.guard.lease_request().is_some());
+    }
+
+    #[test]
+    fn malformed_gateway_frames_change_nothing() {
+        let agent = agent();
+        let mut conn = Connection::new("robot-token".into());
+        agent.on_frame(&assigned("ses_1"), &mut conn);
+        let (sid, nonce) = agent.guard.lease_request().unwrap();
+        for bad in [
+            json!({"type": "lease", "session_id": sid, "ttl_ms": 1000}),
+            json!({"type": "lease", "session_id": sid, "nonce": nonce}),
+            json!({"type": "lease", "ttl_ms": 1000, "nonce": nonce}),
+            json!({"type": "revoked"}),
+            json!({"type": "session_assigned", "session_id": ""}),
+            json!({"type": "auth_ok"}),
+            json!({"type": 7}),
+            json!([1, 2]),
+        ] {
+            let reply = agent.on_frame(&bad, &mut conn);
+            assert!(reply.send.is_empty() && !reply.ask_lease && reply.offer.is_none());
         }
-    }
-}
-
-async fn serve_session_channel(
-    agent: Arc<Agent>,
-    dc: Arc<dyn DataChannel>,
-    slot: SessionSlot,
-    session_id: String,
-) {
-    let channel = NEXT_CHANNEL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((channel, dc.clone()));
-    let telemetry = tokio::spawn(send_telemetry(agent.clone(), dc.clone()));
-    while let Some(event) = dc.poll().await {
-        match event {
-            DataChannelEvent::OnMessage(message) => {
-                let Ok(message) = serde_json::from_slice::<SessionMessage>(&message.data) else {
-                    tracing::debug!("an unreadable session message");
-                    continue;
-                };
-                match message {
-                    SessionMessage::Auth { token } => {
-                        let effects = agent.guard.authenticate(channel, agent.check.check(&token));
-                        for effect in effects {
-                            let reply = match effect {
-                                Effect::AuthOk { session_id } => {
-                                    SessionMessage::AuthOk { session_id }
-                                }
-                                Effect::AuthDenied { reason, .. } => SessionMessage::AuthDenied {
-                                    reason: reason.as_str().into(),
-                                },
-                                _ => continue,
-                            };
-                            let _ = dc.send_text(&reply.render()).await;
-                        }
-                    }
-                    SessionMessage::Estop => {
-                        agent.guard.estop();
-                    }
-                    _ => {}
-                }
-            }
-            DataChannelEvent::OnClose => break,
-            _ => {}
-        }
-    }
-    telemetry.abort();
-    slot.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take_if(|(id, _)| *id == channel);
-    tracing::info!(%session_id, "session channel closed");
-    let effects = agent.guard.channel_closed(channel);
-    agent.carry_out(&effects);
-}
-
-async fn send_telemetry(agent: Arc<Agent>, dc: Arc<dyn DataChannel>) {
-    let mut tick = tokio::time::interval(TELEMETRY_PERIOD);
-    loop {
-        tick.tick().await;
         let status = agent.guard.status();
-        let pose = agent.robot.state();
-        let state = SessionMessage::State {
-            armed: status.armed,
-            cause: status.cause.map(|c| c.as_str().to_owned()),
-            x: pose.x,
-            y: pose.y,
-            heading: pose.heading,
+        assert_eq!(status.session_id.as_deref(), Some("ses_1"));
+        assert_eq!(status.cause, Some(StopCause::Boot));
+        // The well-formed lease still counts.
+        agent.on_frame(
+            &json!({"type": "lease", "session_id": sid, "ttl_ms": 1000, "nonce": nonce}),
+            &mut conn,
+        );
+        agent.guard.authenticate(1, agent.check.check("ses_1"));
+        let command = crate::safety::Command {
+            seq: 1,
+            linear: 0.1,
+            angular: 0.0,
         };
-        if dc.send_text(&state.render()).await.is_err() {
-            break;
-        }
+        assert!(agent.guard.control(1, command).len() == 2);
+        // From another PeerConnection, nothing.
+        let command = crate::safety::Command { seq: 2, ..command };
+        assert!(agent.guard.control(2, command).is_empty());
     }
 }

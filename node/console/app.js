@@ -10,7 +10,7 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   form: $('signin'), token: $('token'), robot: $('robot'), start: $('start'),
   sessionId: $('session-id'), sessionRobot: $('session-robot'), timer: $('timer'),
-  status: $('status'), end: $('end'), estop: $('estop'), error: $('error'),
+  status: $('status'), end: $('end'), estop: $('estop'), rearm: $('rearm'), error: $('error'),
   banner: $('banner'), connState: $('conn-state'), video: $('video'),
   videoEmpty: $('video-empty'), command: $('command'),
   armed: $('state-armed'), cause: $('state-cause'),
@@ -161,6 +161,7 @@ function updateControls() {
   ui.robot.disabled = active;
   ui.end.disabled = !active || !S.id || S.endingByUser;
   ui.estop.disabled = !active || !S.id;
+  ui.rearm.disabled = !active || !S.id || !S.estopped;
   for (const btn of Object.values(ui.pad)) btn.disabled = !drivable;
   if (!drivable) releaseAll();
 }
@@ -292,6 +293,7 @@ function endSession(kind, reason) {
   updateControls(); // drive controls off first
   for (const t of s.timers) clearInterval(t);
   clearInterval(s.pingTimer);
+  clearTimeout(s.reauthTimer);
   if (kind === 'revoked') showBanner('revoked', `Session revoked: ${reason}`);
   else if (kind === 'terminated') showBanner('terminated', `Session terminated: ${reason}`);
   else if (reason) showError('session_ended', reason);
@@ -334,10 +336,23 @@ function estop() {
   if (!s || s.ended) return;
   if (s.channel && s.channel.readyState === 'open') {
     s.channel.send(JSON.stringify({ type: 'estop' }));
-    setStatus('e-stop sent');
+    s.estopped = true;
+    updateControls();
+    setStatus('e-stop sent: the robot stays stopped until you re-arm it');
   } else {
     showError('estop_failed', 'the session channel to the robot is not open');
   }
+}
+
+// The robot latches an e-stop; only an explicit re-arm from this console's authenticated
+// channel lets it move again.
+function rearm() {
+  const s = S;
+  if (!s || s.ended || !s.channel || s.channel.readyState !== 'open') return;
+  s.channel.send(JSON.stringify({ type: 'rearm' }));
+  s.estopped = false;
+  updateControls();
+  setStatus('re-armed');
 }
 
 // ---- signaling ----
@@ -354,6 +369,7 @@ function connectSignal(s) {
   const ws = new WebSocket(signalUrl());
   s.ws = ws;
   s.joined = false;
+  s.signalAuthed = false;
   setStatus('connecting to signaling…');
   ws.onopen = () => {
     if (s.ws === ws) sendSignal(s, { type: 'auth', token: s.token });
@@ -374,6 +390,12 @@ function connectSignal(s) {
 function onSignal(s, f) {
   switch (f.type) {
     case 'auth_ok':
+      // The connection closes when the token expires (4004): refresh it and re-authenticate
+      // on the live socket at two thirds of its lifetime.
+      clearTimeout(s.reauthTimer);
+      if (f.expires_in_ms) s.reauthTimer = setTimeout(() => reauthenticate(s), f.expires_in_ms * 2 / 3);
+      if (s.signalAuthed) break; // a re-authentication: already joined
+      s.signalAuthed = true;
       sendSignal(s, { type: 'join', session_id: s.id });
       clearInterval(s.pingTimer);
       s.pingTimer = setInterval(() => sendSignal(s, { type: 'ping' }), PING_MS);
@@ -445,6 +467,22 @@ function onSignalError(s, f) {
   endSession(null, `could not join: ${f.code}`);
 }
 
+async function reauthenticate(s) {
+  if (s.ended) return;
+  try {
+    const fresh = await api('POST', `/v1/sessions/${encodeURIComponent(s.id)}/refresh`, s.opToken);
+    if (fresh && fresh.token) {
+      s.token = fresh.token;
+      sendSignal(s, { type: 'auth', token: s.token });
+      // The robot also stops at the session token's expiry: extend it on the session channel.
+      if (s.channel && s.channel.readyState === 'open') s.channel.send(JSON.stringify({ type: 'auth', token: s.token }));
+    }
+  } catch (err) {
+    if (err.code === 'session_already_terminated') return endSession('terminated', endReason(s, 'terminated', 'client_request'));
+    // Otherwise the socket closes at expiry and the reconnect path refreshes again.
+  }
+}
+
 async function onSignalClose(s, ws, ev) {
   if (s.ws !== ws) return;
   clearInterval(s.pingTimer);
@@ -453,6 +491,7 @@ async function onSignalClose(s, ws, ev) {
     case 4001: return endSession('revoked', ev.reason || 'revoked');
     case 4002: return endSession('terminated', endReason(s, 'terminated', ev.reason || 'client_request'));
     case 4003: return endSession(null, 'this session was joined from another console');
+    case 4005: return endSession('revoked', ev.reason || 'credential revoked');
     case 4401: case 4408: return endSession(null, `signaling refused the session token (${ev.code})`);
     default: break;
   }
@@ -664,6 +703,7 @@ ui.form.addEventListener('submit', (e) => {
 });
 ui.end.addEventListener('click', endByUser);
 ui.estop.addEventListener('click', estop);
+ui.rearm.addEventListener('click', rearm);
 
 (function prefill() {
   const params = new URLSearchParams(location.search);

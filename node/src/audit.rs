@@ -44,9 +44,13 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Opens (or creates) the ledger at `path` and starts its writer.
+    /// Opens (or creates) the ledger at `path` and starts its writer. A torn last record
+    /// (the node was killed mid-write) is cut off first, with a warning.
     pub fn open(path: &Path, node: u64) -> std::io::Result<Self> {
         let (mut seq, mut prev) = (0, GENESIS.to_owned());
+        if let Some(cut) = cut_torn_tail(path)? {
+            tracing::warn!(path = %path.display(), bytes = cut, "audit ledger: cut off a torn last record");
+        }
         if let Some(last) = read(path)?.pop() {
             seq = last.seq;
             prev = last.hash;
@@ -70,8 +74,11 @@ impl AuditLog {
                     hash: String::new(),
                 };
                 record.hash = digest(&record);
-                let line = serde_json::to_string(&record).expect("records serialize");
-                if let Err(err) = writeln!(file, "{line}") {
+                let mut line = serde_json::to_string(&record).expect("records serialize");
+                line.push('\n');
+                // One write per record: a kill leaves whole records and at most one torn
+                // tail, which the next start cuts off.
+                if let Err(err) = file.write_all(line.as_bytes()) {
                     tracing::error!(error = %err, "audit ledger write failed");
                 }
                 prev = record.hash;
@@ -114,6 +121,29 @@ pub fn read(path: &Path) -> std::io::Result<Vec<Record>> {
         records.push(serde_json::from_str(&line).map_err(std::io::Error::other)?);
     }
     Ok(records)
+}
+
+/// Cuts off an unparsable last line (a record torn by a kill), keeping every whole record.
+/// Returns how many bytes were cut, if any. A bad record before the last is not a torn
+/// write and is left for [`read`] to report.
+fn cut_torn_tail(path: &Path) -> std::io::Result<Option<u64>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    let start = body.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let last = &body[start..];
+    let whole = bytes.ends_with(b"\n");
+    let parses = serde_json::from_slice::<Record>(last).is_ok();
+    if last.is_empty() || (whole && parses) {
+        return Ok(None);
+    }
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    file.set_len(start as u64)?;
+    file.sync_all()?;
+    Ok(Some((bytes.len() - start) as u64))
 }
 
 /// Checks the chain; `Err` names the first record that does not fit.
@@ -182,5 +212,50 @@ mod tests {
             tokio::task::yield_now().await;
         };
         assert_eq!(verify(&records), Ok(6));
+    }
+
+    /// A kill mid-write leaves a torn last line: the next start cuts it off and goes on
+    /// (today's code refused to start).
+    #[tokio::test]
+    async fn a_torn_last_record_is_cut_off_at_start_and_the_chain_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, 1).unwrap();
+        for i in 0..3 {
+            log.record("TEARDOWN", &format!("s{i}"), serde_json::json!({}));
+        }
+        while read(&path).unwrap().len() < 3 {
+            tokio::task::yield_now().await;
+        }
+        drop(log);
+        let whole = std::fs::read(&path).unwrap();
+        // Every possible torn tail: a prefix of a fourth record, with or without a newline.
+        let fourth = br#"{"seq":4,"at":"2026-12-02T00:00:00Z","node":1,"event":"TEARDOWN","#;
+        for torn in [&fourth[..1], &fourth[..20], &fourth[..]] {
+            let mut bytes = whole.clone();
+            bytes.extend_from_slice(torn);
+            std::fs::write(&path, &bytes).unwrap();
+            assert!(
+                read(&path).is_err(),
+                "the torn file does not parse as it is"
+            );
+            let log = AuditLog::open(&path, 1).unwrap();
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                whole,
+                "cut back to whole records"
+            );
+            drop(log);
+        }
+        let log = AuditLog::open(&path, 1).unwrap();
+        log.record("JOIN_DENIED", "s9", serde_json::json!({}));
+        let records = loop {
+            let r = read(&path).unwrap();
+            if r.len() == 4 {
+                break r;
+            }
+            tokio::task::yield_now().await;
+        };
+        assert_eq!(verify(&records), Ok(4));
     }
 }

@@ -63,6 +63,15 @@ pub struct AuthConfig {
     /// The matching private key (PEM), needed only to mint tokens.
     #[serde(default)]
     pub private_key: Option<PathBuf>,
+    /// The longest lifetime (`exp - iat`) a token may have, in seconds; longer ones are
+    /// refused. Session and token revocations last at least this long, so that no revoked
+    /// token outlives its revocation. Default 7 days.
+    #[serde(default = "default_max_token_ttl_s")]
+    pub max_token_ttl_s: u64,
+}
+
+fn default_max_token_ttl_s() -> u64 {
+    crate::auth::MAX_TOKEN_TTL.as_secs()
 }
 
 /// Raft timing and compaction.

@@ -86,7 +86,8 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         },
     };
     let public_key_pem = read(&config.auth.public_key)?;
-    let verifier = auth::Verifier::from_pem(public_key_pem.as_bytes())?;
+    let verifier = auth::Verifier::from_pem(public_key_pem.as_bytes())?
+        .with_max_ttl(Duration::from_secs(config.auth.max_token_ttl_s));
     let metrics = telemetry::prometheus();
     let r = &config.raft;
     let raft = Arc::new(

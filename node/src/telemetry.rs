@@ -23,6 +23,11 @@ pub mod names {
     pub const SIGNAL_TIMERS: &str = "tether_signal_timers";
     /// `tether_signal_rate_limited_total`, counter: frames over the rate limit.
     pub const SIGNAL_RATE_LIMITED_TOTAL: &str = "tether_signal_rate_limited_total";
+    /// `tether_signal_token_expired_total`, counter: connections closed at their token's expiry.
+    pub const SIGNAL_TOKEN_EXPIRED_TOTAL: &str = "tether_signal_token_expired_total";
+    /// `tether_signal_credential_revoked_total`, counter: connections closed because their
+    /// token id or subject was revoked.
+    pub const SIGNAL_CREDENTIAL_REVOKED_TOTAL: &str = "tether_signal_credential_revoked_total";
     /// `tether_joins_total`, counter by `result` (admitted, denied).
     pub const JOINS_TOTAL: &str = "tether_joins_total";
     /// `tether_join_denial_seconds`, histogram: the local deny check (S1).
@@ -31,8 +36,12 @@ pub mod names {
     pub const RELAY_SECONDS: &str = "tether_relay_seconds";
     /// `tether_teardown_seconds`, histogram: one session's teardown on this node.
     pub const TEARDOWN_SECONDS: &str = "tether_teardown_seconds";
-    /// `tether_lease_rounds_total`, counter by `result` (renewed, no_quorum).
+    /// `tether_lease_rounds_total`, counter by `result` (renewed, no_quorum): one quorum
+    /// check answering a batch of robots' lease requests.
     pub const LEASE_ROUNDS_TOTAL: &str = "tether_lease_rounds_total";
+    /// `tether_leases_granted_total`, counter: leases sent to robots.
+    pub const LEASES_GRANTED_TOTAL: &str = "tether_leases_granted_total";
+
     /// `tether_revocation_commit_seconds`, histogram: POST /v1/revocations → committed.
     pub const REVOCATION_COMMIT_SECONDS: &str = "tether_revocation_commit_seconds";
     /// `tether_revocations_total`, counter by `kind`: new revocations.

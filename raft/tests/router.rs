@@ -257,6 +257,7 @@ async fn a_lagging_node_catches_up_by_snapshot() {
                 operator: format!("op-{i}"),
                 robot: format!("robot-{i}"),
                 token_id: format!("jti-{i}"),
+                login_token_id: None,
                 node: leader,
                 at: 2_000 + i,
             },

@@ -22,6 +22,10 @@ pub enum CloseCode {
     Replaced,
     /// Too many frames too fast, repeatedly.
     RateLimited,
+    /// The connection's token expired and no fresh `auth` came before.
+    TokenExpired,
+    /// The connection's credential (its token id or its subject) was revoked.
+    CredentialRevoked,
 }
 
 impl CloseCode {
@@ -33,6 +37,8 @@ impl CloseCode {
         Self::Terminated,
         Self::Replaced,
         Self::RateLimited,
+        Self::TokenExpired,
+        Self::CredentialRevoked,
     ];
 
     /// The number on the wire (the 4000–4999 range is the application's).
@@ -44,6 +50,8 @@ impl CloseCode {
             Self::Terminated => 4002,
             Self::Replaced => 4003,
             Self::RateLimited => 4029,
+            Self::TokenExpired => 4004,
+            Self::CredentialRevoked => 4005,
         }
     }
 
@@ -140,6 +148,13 @@ stable_codes! {
     RelayFailed = "relay_failed";
     /// Too many frames too fast.
     RateLimited = "rate_limited";
+    /// The connection's token (its id or its subject) was revoked.
+    CredentialRevoked = "credential_revoked";
+    /// The token is for another use (a login token on `/v1/signal`, a session token on the
+    /// HTTP API, a robot token on a robot's `session` channel).
+    WrongAudience = "wrong_audience";
+    /// A fresh `auth` on an authenticated connection named another subject or role.
+    ReauthMismatch = "reauth_mismatch";
     /// A bug or an I/O failure on the node (e.g. the verifier's key could not be read).
     Internal = "internal";
     }
@@ -196,7 +211,7 @@ mod tests {
     #[test]
     fn close_codes_keep_their_numbers() {
         let numbers: Vec<u16> = CloseCode::ALL.iter().map(|c| c.code()).collect();
-        assert_eq!(numbers, [4401, 4408, 4001, 4002, 4003, 4029]);
+        assert_eq!(numbers, [4401, 4408, 4001, 4002, 4003, 4029, 4004, 4005]);
         for c in CloseCode::ALL {
             assert_eq!(CloseCode::from_code(c.code()), Some(*c));
             assert_eq!(c.to_string(), c.code().to_string());
@@ -214,7 +229,7 @@ mod tests {
             assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), *code);
         }
         assert_eq!(ErrorCode::parse("nope"), None);
-        assert_eq!(ErrorCode::ALL.len(), 22);
+        assert_eq!(ErrorCode::ALL.len(), 25);
     }
 
     #[test]

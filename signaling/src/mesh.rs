@@ -22,6 +22,13 @@ pub enum NodeSignal {
         /// Joined (`true`) or left.
         joined: bool,
     },
+    /// `session_id` ended and the sending node tore down its members: the receiver forgets
+    /// them without telling its own members (its own teardown tells them why), and no
+    /// later presence recreates the room.
+    Ended {
+        /// The session.
+        session_id: String,
+    },
     /// A frame for `to` of `session_id`, which the receiver holds.
     Relay {
         /// The session.

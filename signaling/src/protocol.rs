@@ -14,7 +14,9 @@ pub const MAX_CANDIDATE_BYTES: usize = 1024;
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientFrame {
-    /// First frame: a bearer token (operator session token or robot token).
+    /// First frame: a bearer token (a session token, a robot token or an admin token).
+    /// Sent again on an authenticated connection, with a fresh token of the same subject
+    /// and role, it extends the connection past the old token's expiry.
     Auth {
         /// The JWT.
         token: String,
@@ -49,6 +51,15 @@ pub enum ClientFrame {
     Leave,
     /// Keep-alive; answered with `pong`.
     Ping,
+    /// (Robots) asks for a lease on its session. `nonce` is the robot's own, increasing per
+    /// request; the gateway echoes it in `lease` only after a quorum confirmed the session
+    /// is still active, and the robot counts the lease from when it sent this request.
+    LeaseRequest {
+        /// The robot's session.
+        session_id: String,
+        /// Echoed in the `lease` that answers it.
+        nonce: u64,
+    },
 }
 
 /// Something relayed unchanged to the other peer of a session.
@@ -84,10 +95,17 @@ pub enum RelayFrame {
 pub enum ServerFrame {
     /// The token was accepted.
     AuthOk {
-        /// `operator` or `robot`.
+        /// `operator`, `robot` or `watcher`.
         role: String,
-        /// The operator or robot id.
+        /// The operator, robot or admin id.
         subject: String,
+        /// How long the token has left: the connection closes (`4004`) at that instant
+        /// unless a fresh `auth` extends it.
+        expires_in_ms: u64,
+        /// (Robots) the outcome of the robot's most recent session, so that a robot that
+        /// reconnects (to this gateway or another) learns that its session ended meanwhile.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_session: Option<LastSession>,
     },
     /// A session for this robot has started.
     SessionAssigned {
@@ -144,12 +162,15 @@ pub enum ServerFrame {
         /// Why, e.g. `client_request`.
         reason: String,
     },
-    /// The robot may keep acting on control for this session for `ttl_ms` more.
+    /// The answer to a `lease_request`: the robot may act on control for this session until
+    /// `ttl_ms` after it sent the request that carried `nonce` (never from receipt).
     Lease {
         /// The session.
         session_id: String,
-        /// Lease lifetime from receipt.
+        /// Lease lifetime, counted from the robot's request.
         ttl_ms: u64,
+        /// The request's nonce.
+        nonce: u64,
     },
     /// (Watchers) a session ended: the seed's `SessionTerminated` notification.
     SessionTerminated {
@@ -175,6 +196,18 @@ pub enum ServerFrame {
         /// For people.
         message: String,
     },
+}
+
+/// Where a robot's most recent session stands, as told in `auth_ok`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct LastSession {
+    /// The session.
+    pub session_id: String,
+    /// `active`, `revoked` or `terminated`.
+    pub state: String,
+    /// Why it ended, when it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl From<RelayFrame> for ServerFrame {
@@ -255,7 +288,7 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         .get("type")
         .and_then(|t| t.as_str())
         .ok_or_else(|| FrameError::new(ErrorCode::InvalidFrame, "a frame needs a string `type`"))?;
-    const KNOWN: [&str; 7] = [
+    const KNOWN: [&str; 8] = [
         "auth",
         "join",
         "offer",
@@ -263,6 +296,7 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         "candidate",
         "leave",
         "ping",
+        "lease_request",
     ];
     if !KNOWN.contains(&kind) {
         return Err(FrameError::new(
@@ -281,9 +315,14 @@ fn validate(frame: &ClientFrame) -> Result<(), FrameError> {
         ClientFrame::Auth { token } if token.is_empty() || token.len() > 8192 => Err(
             FrameError::new(ErrorCode::InvalidFrame, "token must be 1 to 8192 bytes"),
         ),
-        ClientFrame::Join { session_id } if session_id.is_empty() || session_id.len() > 256 => Err(
-            FrameError::new(ErrorCode::InvalidFrame, "session_id must be 1 to 256 bytes"),
-        ),
+        ClientFrame::Join { session_id } | ClientFrame::LeaseRequest { session_id, .. }
+            if session_id.is_empty() || session_id.len() > 256 =>
+        {
+            Err(FrameError::new(
+                ErrorCode::InvalidFrame,
+                "session_id must be 1 to 256 bytes",
+            ))
+        }
         ClientFrame::Offer { sdp } | ClientFrame::Answer { sdp } => check_sdp(sdp),
         ClientFrame::Candidate {
             candidate, sdp_mid, ..

@@ -205,6 +205,18 @@ impl Rooms {
         notify
     }
 
+    /// The other nodes this node's rooms place a member on.
+    pub fn remote_nodes(&self) -> std::collections::BTreeSet<NodeId> {
+        self.rooms
+            .values()
+            .flat_map(|room| [room.operator, room.robot])
+            .filter_map(|l| match l {
+                Some(Location::Remote(node)) => Some(node),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Tears a session down: removes its room and returns its local connections.
     pub fn close_session(&mut self, session_id: &str) -> Vec<ConnId> {
         let Some(room) = self.rooms.remove(session_id) else {

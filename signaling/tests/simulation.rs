@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use tether_signaling::codes::{AuditEvent, CloseCode, ErrorCode};
 use tether_signaling::hub::{
-    Action, CoreCounts, EndedSession, FrameStep, HubCore, Identity, RelayPath,
+    Action, CoreCounts, EndedSession, FrameStep, HubCore, Identity, RelayPath, Welcome,
 };
 use tether_signaling::mesh::{self, NodeSignal};
 use tether_signaling::protocol::{ClientFrame, ServerFrame};
@@ -123,14 +123,18 @@ impl Cluster {
         let conn = self.next_conn;
         self.node_of.insert(conn, node);
         let assigned = match &identity {
-            Identity::Robot { robot_id } => self
+            Identity::Robot { robot_id, .. } => self
                 .sessions
                 .iter()
                 .find(|(_, s)| s.active && s.robot == *robot_id)
                 .map(|(id, _)| id.clone()),
             _ => None,
         };
-        let actions = self.hub(node).authenticated(conn, identity, assigned);
+        let welcome = Welcome {
+            assigned_session: assigned,
+            ..Welcome::default()
+        };
+        let actions = self.hub(node).authenticated(conn, identity, welcome);
         self.perform(node, actions);
         conn
     }
@@ -149,6 +153,7 @@ impl Cluster {
             node,
             Identity::Robot {
                 robot_id: robot_id.into(),
+                token_id: format!("jti-{robot_id}"),
             },
         )
     }
@@ -158,6 +163,7 @@ impl Cluster {
             node,
             Identity::Watcher {
                 subject: "admin".into(),
+                token_id: "jti-admin".into(),
             },
         )
     }
@@ -183,7 +189,7 @@ impl Cluster {
                 session_id: sid,
                 ..
             } => sid.as_deref() == Some(session_id) && *subject == s.operator,
-            Identity::Robot { robot_id } => *robot_id == s.robot,
+            Identity::Robot { robot_id, .. } => *robot_id == s.robot,
             Identity::Watcher { .. } => false,
         };
         if ok {
@@ -230,6 +236,27 @@ impl Cluster {
                     self.perform(node, actions);
                 }
             },
+            FrameStep::Lease {
+                robot_id,
+                session_id,
+                nonce,
+            } => {
+                // The simulated state is always current: the quorum check passes.
+                let active = self
+                    .sessions
+                    .get(&session_id)
+                    .is_some_and(|s| s.active && s.robot == robot_id);
+                if active {
+                    let ask = tether_signaling::lease::LeaseAsk {
+                        conn,
+                        robot_id,
+                        session_id,
+                        nonce,
+                    };
+                    let actions = self.hub(node).lease_granted(&ask, 1000);
+                    self.perform(node, actions);
+                }
+            }
             FrameStep::Forward { node: to, signal } => {
                 let delivered = self.call(node, to, &signal).delivered;
                 let actions = self.hub(node).relay_result(conn, delivered);
@@ -345,6 +372,8 @@ fn auth_ok(role: &str, subject: &str) -> Got {
     frame(ServerFrame::AuthOk {
         role: role.into(),
         subject: subject.into(),
+        expires_in_ms: 0,
+        last_session: None,
     })
 }
 

@@ -21,3 +21,44 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(postcard::from_bytes(bytes)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AppliedRequest, Command, Response, RevocationKind};
+
+    #[test]
+    fn nested_commands_and_replayed_answers_round_trip() {
+        let command = Command::Batch(vec![Command::once(
+            "req",
+            7,
+            Command::Lift {
+                operator: "op".into(),
+                lifted_by: "admin".into(),
+            },
+        )]);
+        assert_eq!(
+            decode::<Command>(&encode(&command).unwrap()).unwrap(),
+            command
+        );
+        let applied = AppliedRequest {
+            request: "req".into(),
+            expires_at: 9,
+            response: Response::Replayed(Box::new(Response::Lifted(None))),
+        };
+        let back: AppliedRequest = decode(&encode(&applied).unwrap()).unwrap();
+        assert_eq!(back, applied);
+        let revoke = Command::Revoke {
+            kind: RevocationKind::Token,
+            target: "j".into(),
+            reason: "r".into(),
+            revoked_by: "a".into(),
+            at: 1,
+            expires_at: None,
+        };
+        assert_eq!(
+            decode::<Command>(&encode(&revoke).unwrap()).unwrap(),
+            revoke
+        );
+    }
+}

@@ -6,9 +6,12 @@
 
 pub mod codec;
 pub mod model;
+mod requests;
+mod sessions;
 pub mod state;
 
 pub use model::{
-    Command, NodeId, NodeInfo, Response, Revocation, RevocationKind, Session, SessionState,
+    AppliedRequest, Command, NodeId, NodeInfo, Response, Revocation, RevocationKind, Session,
+    SessionState, UnixMillis, REQUEST_RETENTION_MS,
 };
-pub use state::{session_events, ReplicatedState, SessionEvent, StateView};
+pub use state::{session_events, Mutation, ReplicatedState, SessionEvent, StateView};

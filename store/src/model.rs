@@ -2,6 +2,10 @@
 //!
 //! Every timestamp inside a command is chosen by the node that proposes it, never read from
 //! a clock while applying, so every node applies the same log to the same state.
+//!
+//! The types are encoded with postcard (not self-describing): adding a variant or a field
+//! changes the disk and wire format. Before 1.0 the format changes freely: nodes of
+//! different versions neither share a cluster nor read each other's data directories.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -79,6 +83,24 @@ pub struct Revocation {
 /// How long an ended session stays listed before the replicated cleanup drops it.
 pub const SESSION_RETENTION_MS: UnixMillis = 24 * 3600 * 1000;
 
+/// How long an applied request id is remembered, from the `at` of the [`Command::Once`] that
+/// first applied it: a retry must be applied within this window to be answered from memory;
+/// a later one (after an [`Command::Expire`] past it) is applied anew.
+pub const REQUEST_RETENTION_MS: UnixMillis = 10 * 60 * 1000;
+
+/// A remembered request: the answer a [`Command::Once`] got, kept so that its retries get
+/// the same answer without changing anything again.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct AppliedRequest {
+    /// The request id.
+    pub request: String,
+    /// When the replicated cleanup may forget it: the first `at` plus
+    /// [`REQUEST_RETENTION_MS`].
+    pub expires_at: UnixMillis,
+    /// The answer the request got when it was applied.
+    pub response: Response,
+}
+
 /// Where a session is in its life.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -140,8 +162,9 @@ pub enum Command {
         /// The admin lifting it.
         lifted_by: String,
     },
-    /// Drop every entry whose expiry is at or before `now`. Proposed periodically by the
-    /// leader; deterministic because `now` is in the log.
+    /// Drop every revocation, ended session and remembered request whose expiry is at or
+    /// before `now`. Proposed periodically by the leader; deterministic because `now` is in
+    /// the log.
     Expire {
         /// The cut-off instant.
         now: UnixMillis,
@@ -149,7 +172,8 @@ pub enum Command {
     /// Several commands in one log entry, applied in order: the leader groups concurrent
     /// writes so they share one fsync and one replication round.
     Batch(Vec<Command>),
-    /// Start a session, unless the operator is revoked or the robot is busy.
+    /// Start a session, unless the operator or the login token is revoked or the robot is
+    /// busy.
     StartSession {
         /// New session id.
         id: String,
@@ -159,6 +183,9 @@ pub enum Command {
         robot: String,
         /// The session token's id.
         token_id: String,
+        /// The id (`jti`) of the operator's login token that asks, checked against token
+        /// revocations at apply (linearizable, S2); `None` when there is none to check.
+        login_token_id: Option<String>,
         /// The node creating it.
         node: NodeId,
         /// When.
@@ -173,6 +200,31 @@ pub enum Command {
         /// When.
         at: UnixMillis,
     },
+    /// Apply `command` at most once per `request` id: while the id is remembered (see
+    /// [`REQUEST_RETENTION_MS`]), applying it again changes nothing and answers
+    /// [`Response::Replayed`] with the first answer. Retries (across leader changes, or
+    /// from clients) carry the same id; a genuinely new write carries a new one. The id
+    /// alone identifies the request: reusing it for another command gets the first answer.
+    Once {
+        /// The request id, unique per intended write.
+        request: String,
+        /// When, chosen by the proposing node; the id is remembered until
+        /// `at + REQUEST_RETENTION_MS`.
+        at: UnixMillis,
+        /// The command to apply once.
+        command: Box<Command>,
+    },
+}
+
+impl Command {
+    /// Wraps `command` so that it is applied at most once per `request` id.
+    pub fn once(request: impl Into<String>, at: UnixMillis, command: Command) -> Command {
+        Command::Once {
+            request: request.into(),
+            at,
+            command: Box::new(command),
+        }
+    }
 }
 
 /// The answer to an applied [`Command`].
@@ -192,7 +244,7 @@ pub enum Response {
     },
     /// An operator revocation was lifted (`Some`), or there was none (`None`).
     Lifted(Option<Revocation>),
-    /// How many entries the cleanup dropped.
+    /// How many revocation entries the cleanup dropped.
     Expired(u64),
     /// The answers to a [`Command::Batch`], in order.
     Batch(Vec<Response>),
@@ -200,12 +252,41 @@ pub enum Response {
     SessionStarted(Session),
     /// A session (or its end) was refused; `code` is the API's error code.
     SessionRefused {
-        /// `operator_revoked`, `robot_busy`, `conflict`, `session_not_found`,
-        /// `unauthorized` or `session_already_terminated`.
+        /// `operator_revoked`, `credential_revoked`, `robot_busy`, `conflict`,
+        /// `session_not_found`, `unauthorized` or `session_already_terminated`.
         code: String,
         /// For people.
         message: String,
     },
     /// A session ended at its operator's request.
     SessionEnded(Session),
+    /// A [`Command::Once`] whose request id was already applied: the first answer, as it
+    /// was then. Nothing changed this time, and [`crate::session_events`] yields nothing for
+    /// it (the first application already published its events); callers answering a client
+    /// use [`Response::original`].
+    Replayed(Box<Response>),
+}
+
+impl Response {
+    /// The answer without its [`Response::Replayed`] wrapper: what the request got when it
+    /// was first applied.
+    pub fn original(&self) -> &Response {
+        match self {
+            Response::Replayed(first) => first.original(),
+            other => other,
+        }
+    }
+
+    /// [`Response::original`], by value.
+    pub fn into_original(self) -> Response {
+        match self {
+            Response::Replayed(first) => first.into_original(),
+            other => other,
+        }
+    }
+
+    /// Whether this answer is a replay of a remembered request.
+    pub fn is_replay(&self) -> bool {
+        matches!(self, Response::Replayed(_))
+    }
 }

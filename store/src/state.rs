@@ -1,14 +1,16 @@
-//! The revocation state machine: pure, no I/O, no clock.
+//! The revocation and session state machine: pure, no I/O, no clock.
 //!
 //! [`ReplicatedState::apply`] turns a [`Command`] into a [`Response`] and the list of
 //! [`Mutation`]s the storage layer must persist. The same state answers the deny check (S1)
 //! from memory, so a join is refused without touching disk or network.
 
 use crate::model::{
-    Command, Response, Revocation, RevocationKind, Session, SessionState, UnixMillis,
-    SESSION_RETENTION_MS,
+    AppliedRequest, Command, Response, Revocation, RevocationKind, Session, SessionState,
+    UnixMillis, REQUEST_RETENTION_MS,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use crate::requests::Requests;
+use crate::sessions::Sessions;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 /// A change the storage layer must make durable.
@@ -22,21 +24,31 @@ pub enum Mutation {
     PutSession(Session),
     /// Remove this session.
     DeleteSession(String),
+    /// Remember (or overwrite) this applied request, keyed by its id.
+    PutRequest(AppliedRequest),
+    /// Forget this request id.
+    DeleteRequest(String),
 }
 
-/// What applying the log changed about sessions, for the nodes' signaling (S4).
+/// What applying the log changed that the nodes' signaling acts on (S4).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionEvent {
     /// A session started.
     Started(Session),
     /// A session ended (terminated or revoked).
     Ended(Session),
+    /// A revocation was applied (created, extended or confirmed): close the connections
+    /// whose token id, session or subject it covers. Idempotent on the receiving side.
+    Revoked(Revocation),
     /// A snapshot replaced the state: re-check every session.
     Reset,
 }
 
-/// The session events one applied command's response carries: the apply function's second
-/// output, which the nodes' teardown (S4) consumes.
+/// The events one applied command's response carries: the apply function's second output,
+/// which the nodes' teardown (S4) consumes. A revocation's [`SessionEvent::Revoked`] comes
+/// before the [`SessionEvent::Ended`] of the sessions it ended. A [`Response::Replayed`]
+/// yields nothing: its request's first application already published its events, and a
+/// retry must not end (or start) anything twice.
 pub fn session_events(response: &Response) -> Vec<SessionEvent> {
     let mut out = Vec::new();
     collect_session_events(response, &mut out);
@@ -47,27 +59,30 @@ fn collect_session_events(response: &Response, out: &mut Vec<SessionEvent>) {
     match response {
         Response::SessionStarted(s) => out.push(SessionEvent::Started(s.clone())),
         Response::SessionEnded(s) => out.push(SessionEvent::Ended(s.clone())),
-        Response::Revoked { ended, .. } => {
+        Response::Revoked { entry, ended, .. } => {
+            out.push(SessionEvent::Revoked(entry.clone()));
             out.extend(ended.iter().cloned().map(SessionEvent::Ended))
         }
         Response::Batch(responses) => responses
             .iter()
             .for_each(|r| collect_session_events(r, out)),
-        _ => {}
+        Response::Replayed(_) => {}
+        Response::None
+        | Response::Lifted(_)
+        | Response::Expired(_)
+        | Response::SessionRefused { .. } => {}
     }
 }
 
-/// Every live revocation, indexed by key and by expiry.
+/// Every live revocation (indexed by key and by expiry), every retained session and every
+/// remembered request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReplicatedState {
     entries: BTreeMap<(RevocationKind, String), Revocation>,
     by_expiry: BTreeSet<(UnixMillis, RevocationKind, String)>,
     counts: [usize; 3],
-    sessions: BTreeMap<String, Session>,
-    /// The active session of each busy robot.
-    active_by_robot: HashMap<String, String>,
-    /// Ended sessions by the instant they may be dropped.
-    sessions_by_expiry: BTreeSet<(UnixMillis, String)>,
+    sessions: Sessions,
+    requests: Requests,
 }
 
 impl ReplicatedState {
@@ -114,28 +129,22 @@ impl ReplicatedState {
             Command::Expire { now } => {
                 let due: Vec<_> = self
                     .by_expiry
-                    .range(..=(*now, RevocationKind::Operator, String::from('\u{10FFFF}')))
+                    .iter()
+                    .take_while(|(at, _, _)| at <= now)
                     .map(|(_, kind, target)| (*kind, target.clone()))
                     .collect();
-                let mutations: Vec<_> = due
+                let mut mutations: Vec<_> = due
                     .into_iter()
                     .filter_map(|(kind, target)| {
                         self.remove(kind, &target)
                             .map(|_| Mutation::Delete(kind, target))
                     })
                     .collect();
-                let dropped: Vec<_> = self
-                    .sessions_by_expiry
-                    .range(..=(*now, String::from('\u{10FFFF}')))
-                    .cloned()
-                    .collect();
-                let mut mutations = mutations;
                 let revocations = mutations.len() as u64;
-                for key in dropped {
-                    self.sessions_by_expiry.remove(&key);
-                    self.sessions.remove(&key.1);
-                    mutations.push(Mutation::DeleteSession(key.1));
-                }
+                let sessions = self.sessions.drop_due(*now);
+                mutations.extend(sessions.into_iter().map(Mutation::DeleteSession));
+                let requests = self.requests.drop_due(*now);
+                mutations.extend(requests.into_iter().map(Mutation::DeleteRequest));
                 (Response::Expired(revocations), mutations)
             }
             Command::StartSession { .. } => self.start_session(command),
@@ -150,7 +159,8 @@ impl ReplicatedState {
                 ),
                 Some(_) => {
                     let ended = self
-                        .end_session(id, SessionState::Terminated, "client_request", *at)
+                        .sessions
+                        .end(id, SessionState::Terminated, "client_request", *at)
                         .expect("checked active");
                     (
                         Response::SessionEnded(ended.clone()),
@@ -167,6 +177,24 @@ impl ReplicatedState {
                     mutations.extend(changes);
                 }
                 (Response::Batch(responses), mutations)
+            }
+            Command::Once {
+                request,
+                at,
+                command,
+            } => {
+                if let Some(first) = self.requests.get(request) {
+                    return (Response::Replayed(Box::new(first.response.clone())), vec![]);
+                }
+                let (response, mut mutations) = self.apply(command);
+                let applied = AppliedRequest {
+                    request: request.clone(),
+                    expires_at: at.saturating_add(REQUEST_RETENTION_MS),
+                    response: response.clone(),
+                };
+                self.requests.insert(applied.clone());
+                mutations.push(Mutation::PutRequest(applied));
+                (response, mutations)
             }
         }
     }
@@ -189,7 +217,7 @@ impl ReplicatedState {
         (proposed.clone(), true, vec![Mutation::Put(proposed)])
     }
 
-    /// Ends every active session the revocation of `kind`/`target` covers.
+    /// Ends every active session the revocation of `kind`/`target` covers, in robot order.
     fn end_revoked_sessions(
         &mut self,
         kind: RevocationKind,
@@ -198,41 +226,18 @@ impl ReplicatedState {
         at: UnixMillis,
     ) -> Vec<Session> {
         let hit: Vec<String> = self
-            .active_by_robot
-            .values()
-            .filter(|sid| {
-                self.sessions.get(*sid).is_some_and(|s| match kind {
-                    RevocationKind::Session => s.id == target,
-                    RevocationKind::Token => s.token_id == target,
-                    RevocationKind::Operator => s.operator == target,
-                })
+            .sessions
+            .active()
+            .filter(|s| match kind {
+                RevocationKind::Session => s.id == target,
+                RevocationKind::Token => s.token_id == target,
+                RevocationKind::Operator => s.operator == target,
             })
-            .cloned()
+            .map(|s| s.id.clone())
             .collect();
         hit.into_iter()
-            .filter_map(|sid| self.end_session(&sid, SessionState::Revoked, reason, at))
+            .filter_map(|sid| self.sessions.end(&sid, SessionState::Revoked, reason, at))
             .collect()
-    }
-
-    fn end_session(
-        &mut self,
-        sid: &str,
-        state: SessionState,
-        reason: &str,
-        at: UnixMillis,
-    ) -> Option<Session> {
-        let session = self.sessions.get_mut(sid)?;
-        if session.state != SessionState::Active {
-            return None;
-        }
-        session.state = state;
-        session.ended_at = Some(at);
-        session.end_reason = Some(reason.to_owned());
-        let session = session.clone();
-        self.active_by_robot.remove(&session.robot);
-        self.sessions_by_expiry
-            .insert((at + SESSION_RETENTION_MS, session.id.clone()));
-        Some(session)
     }
 
     fn start_session(&mut self, command: &Command) -> (Response, Vec<Mutation>) {
@@ -241,13 +246,14 @@ impl ReplicatedState {
             operator,
             robot,
             token_id,
+            login_token_id,
             node,
             at,
         } = command
         else {
             unreachable!("start_session() is called with Command::StartSession");
         };
-        if self.sessions.contains_key(id) {
+        if self.sessions.get(id).is_some() {
             return refuse("conflict", format!("session {id} exists"));
         }
         if let Some(r) = self.denial(None, None, Some(operator)) {
@@ -256,7 +262,13 @@ impl ReplicatedState {
                 format!("operator {operator} is revoked: {}", r.reason),
             );
         }
-        if let Some(busy) = self.active_by_robot.get(robot) {
+        if let Some(r) = self.denial(None, login_token_id.as_deref(), None) {
+            return refuse(
+                "credential_revoked",
+                format!("the login token {} is revoked: {}", r.target, r.reason),
+            );
+        }
+        if let Some(busy) = self.sessions.active_id_of(robot) {
             return refuse(
                 "robot_busy",
                 format!("robot {robot} is controlled by session {busy}"),
@@ -273,26 +285,17 @@ impl ReplicatedState {
             ended_at: None,
             end_reason: None,
         };
-        self.insert_session(session.clone());
+        self.sessions.insert(session.clone());
         (
             Response::SessionStarted(session.clone()),
             vec![Mutation::PutSession(session)],
         )
     }
 
-    /// Inserts a session loaded from storage (or from a snapshot).
+    /// Inserts (or replaces) a session loaded from storage (or from a snapshot), in any
+    /// state and in any order.
     pub fn insert_session(&mut self, session: Session) {
-        match session.ended_at {
-            None => {
-                self.active_by_robot
-                    .insert(session.robot.clone(), session.id.clone());
-            }
-            Some(at) => {
-                self.sessions_by_expiry
-                    .insert((at + SESSION_RETENTION_MS, session.id.clone()));
-            }
-        }
-        self.sessions.insert(session.id.clone(), session);
+        self.sessions.insert(session);
     }
 
     /// One session.
@@ -300,14 +303,46 @@ impl ReplicatedState {
         self.sessions.get(sid)
     }
 
-    /// Every session, by id.
+    /// Every retained session, by id.
     pub fn sessions(&self) -> impl Iterator<Item = &Session> {
-        self.sessions.values()
+        self.sessions.iter()
+    }
+
+    /// How many sessions are retained.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
     }
 
     /// The active session of a robot.
     pub fn active_session_of(&self, robot: &str) -> Option<&Session> {
-        self.sessions.get(self.active_by_robot.get(robot)?)
+        self.sessions.get(self.sessions.active_id_of(robot)?)
+    }
+
+    /// The robot's most recent retained session, active or ended: the greatest
+    /// `created_at`, ties broken by the greatest id. What a (re)connecting robot is told
+    /// about the outcome of its last session.
+    pub fn latest_session_of(&self, robot: &str) -> Option<&Session> {
+        self.sessions.latest_of(robot)
+    }
+
+    /// Remembers (or replaces) an applied request loaded from storage (or from a snapshot).
+    pub fn insert_request(&mut self, applied: AppliedRequest) {
+        self.requests.insert(applied);
+    }
+
+    /// The remembered request with this id.
+    pub fn request(&self, request: &str) -> Option<&AppliedRequest> {
+        self.requests.get(request)
+    }
+
+    /// Every remembered request, by id.
+    pub fn requests(&self) -> impl Iterator<Item = &AppliedRequest> {
+        self.requests.iter()
+    }
+
+    /// How many requests are remembered.
+    pub fn request_count(&self) -> usize {
+        self.requests.len()
     }
 
     /// Inserts an entry loaded from storage (or from a snapshot).
@@ -400,11 +435,18 @@ impl ReplicatedState {
         self.counts[kind as usize]
     }
 
-    /// The earliest instant at which the cleanup has something to drop.
+    /// The earliest instant at which the cleanup has something to drop: a revocation, an
+    /// ended session or a remembered request.
     pub fn next_expiry(&self) -> Option<UnixMillis> {
         let revocation = self.by_expiry.first().map(|(at, _, _)| *at);
-        let session = self.sessions_by_expiry.first().map(|(at, _)| *at);
-        revocation.into_iter().chain(session).min()
+        [
+            revocation,
+            self.sessions.next_expiry(),
+            self.requests.next_expiry(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 
@@ -448,6 +490,7 @@ impl StateView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::SESSION_RETENTION_MS;
 
     fn revoke(kind: RevocationKind, target: &str, at: u64, exp: Option<u64>) -> Command {
         Command::Revoke {
@@ -606,6 +649,7 @@ mod tests {
             operator: operator.into(),
             robot: robot.into(),
             token_id: format!("jti-{id}"),
+            login_token_id: None,
             node: 1,
             at: 100,
         }
@@ -705,5 +749,335 @@ mod tests {
         });
         assert_eq!(m, vec![Mutation::DeleteSession("s1".into())]);
         assert!(s.session("s1").is_none());
+    }
+
+    fn end(id: &str, operator: &str, at: u64) -> Command {
+        Command::EndSession {
+            id: id.into(),
+            operator: operator.into(),
+            at,
+        }
+    }
+
+    fn refused_code(r: &Response) -> &str {
+        match r.original() {
+            Response::SessionRefused { code, .. } => code,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_retried_start_session_answers_the_same_session_and_leaves_the_robot_to_it() {
+        let mut s = ReplicatedState::default();
+        let once = Command::once("req-1", 100, start("s1", "alice", "r1"));
+        let (first, m1) = s.apply(&once);
+        assert!(matches!(&first, Response::SessionStarted(x) if x.id == "s1"));
+        assert!(matches!(m1.last(), Some(Mutation::PutRequest(r)) if r.request == "req-1"));
+        let (again, m2) = s.apply(&once);
+        assert_eq!(again, Response::Replayed(Box::new(first.clone())));
+        assert_eq!(again.original(), &first, "same answer, not `conflict`");
+        assert!(again.is_replay());
+        assert!(m2.is_empty(), "a replay changes nothing");
+        assert!(session_events(&again).is_empty(), "nothing starts twice");
+        assert_eq!(s.active_session_of("r1").unwrap().id, "s1");
+        assert_eq!(s.session_count(), 1);
+        // Without the request id the same command is a conflict, as before.
+        assert_eq!(
+            refused_code(&s.apply(&start("s1", "alice", "r1")).0),
+            "conflict"
+        );
+    }
+
+    #[test]
+    fn a_retried_end_session_answers_session_ended_and_a_new_request_is_refused() {
+        let mut s = ReplicatedState::default();
+        s.apply(&start("s1", "alice", "r1"));
+        let once = Command::once("req-end", 1_000, end("s1", "alice", 1_000));
+        let (first, _) = s.apply(&once);
+        assert!(matches!(first, Response::SessionEnded(_)));
+        let (again, m) = s.apply(&once);
+        assert!(matches!(again.original(), Response::SessionEnded(x) if x.id == "s1"));
+        assert!(m.is_empty());
+        assert!(
+            session_events(&again).is_empty(),
+            "the end is not published twice"
+        );
+        // A genuinely new request behaves as before.
+        let other = Command::once("req-end-2", 1_001, end("s1", "alice", 1_001));
+        let (r, _) = s.apply(&other);
+        assert!(!r.is_replay());
+        assert_eq!(refused_code(&r), "session_already_terminated");
+    }
+
+    #[test]
+    fn a_retried_revoke_answers_created_like_the_first_and_ends_nothing_again() {
+        let mut s = ReplicatedState::default();
+        s.apply(&start("s1", "alice", "r1"));
+        let once = Command::once(
+            "req-rv",
+            500,
+            revoke(RevocationKind::Operator, "alice", 500, None),
+        );
+        let (first, _) = s.apply(&once);
+        assert!(
+            matches!(&first, Response::Revoked { created: true, ended, .. } if ended.len() == 1)
+        );
+        let (again, m) = s.apply(&once);
+        assert_eq!(
+            again.original(),
+            &first,
+            "created: true, the same ended sessions"
+        );
+        assert!(m.is_empty());
+        assert!(
+            session_events(&again).is_empty(),
+            "no second Revoked, no second Ended"
+        );
+    }
+
+    #[test]
+    fn a_retried_lift_does_not_delete_a_revocation_acknowledged_after_it() {
+        let mut s = ReplicatedState::default();
+        s.apply(&revoke(RevocationKind::Operator, "op", 1, None));
+        let lift = Command::once(
+            "req-lift",
+            2,
+            Command::Lift {
+                operator: "op".into(),
+                lifted_by: "admin".into(),
+            },
+        );
+        assert!(matches!(s.apply(&lift).0, Response::Lifted(Some(_))));
+        let (r, _) = s.apply(&Command::once(
+            "req-revoke",
+            3,
+            revoke(RevocationKind::Operator, "op", 3, None),
+        ));
+        assert!(matches!(r, Response::Revoked { created: true, .. }));
+        let (retried, m) = s.apply(&lift);
+        assert!(matches!(retried.original(), Response::Lifted(Some(_))));
+        assert!(m.is_empty());
+        assert_eq!(s.get(RevocationKind::Operator, "op").unwrap().revoked_at, 3);
+    }
+
+    #[test]
+    fn expiry_forgets_old_request_ids_and_a_later_retry_is_applied_anew() {
+        let mut s = ReplicatedState::default();
+        let once = Command::once(
+            "req",
+            1_000,
+            revoke(RevocationKind::Session, "x", 1_000, Some(5_000)),
+        );
+        s.apply(&once);
+        assert_eq!(s.request_count(), 1);
+        let until = 1_000 + REQUEST_RETENTION_MS;
+        assert_eq!(s.request("req").unwrap().expires_at, until);
+        s.apply(&Command::Expire { now: 5_000 });
+        assert!(s.get(RevocationKind::Session, "x").is_none());
+        assert_eq!(
+            s.next_expiry(),
+            Some(until),
+            "the request is still remembered"
+        );
+        assert!(
+            s.apply(&once).0.is_replay(),
+            "remembered: replayed, not re-applied"
+        );
+        let (_, m) = s.apply(&Command::Expire { now: until });
+        assert_eq!(m, vec![Mutation::DeleteRequest("req".into())]);
+        assert_eq!(s.request_count(), 0);
+        assert_eq!(s.next_expiry(), None);
+        let (r, m) = s.apply(&once);
+        assert!(
+            matches!(r, Response::Revoked { created: true, .. }),
+            "applied anew"
+        );
+        assert_eq!(m.len(), 2, "the entry and the request");
+    }
+
+    #[test]
+    fn once_inside_a_batch_dedups_within_and_across_batches() {
+        let mut s = ReplicatedState::default();
+        let a = Command::once("a", 10, start("s1", "alice", "r1"));
+        let b = Command::once("b", 10, end("s1", "alice", 20));
+        let (r, _) = s.apply(&Command::Batch(vec![a.clone(), b.clone(), a.clone()]));
+        let Response::Batch(rs) = &r else {
+            panic!("unexpected {r:?}")
+        };
+        assert!(matches!(&rs[0], Response::SessionStarted(_)));
+        assert!(matches!(&rs[1], Response::SessionEnded(_)));
+        assert_eq!(rs[2], Response::Replayed(Box::new(rs[0].clone())));
+        assert_eq!(session_events(&r).len(), 2, "started and ended once each");
+        let (r2, m) = s.apply(&Command::Batch(vec![b, a]));
+        assert!(matches!(&r2, Response::Batch(rs) if rs.iter().all(Response::is_replay)));
+        assert!(m.is_empty());
+        assert!(s.active_session_of("r1").is_none());
+    }
+
+    #[test]
+    fn replicas_applying_the_same_once_log_agree() {
+        let log = [
+            start("s1", "alice", "r1"),
+            start("s2", "alice", "r2"),
+            Command::once("x", 5, revoke(RevocationKind::Operator, "alice", 5, None)),
+            Command::once("x", 5, revoke(RevocationKind::Operator, "alice", 5, None)),
+            Command::Expire {
+                now: 5 + REQUEST_RETENTION_MS,
+            },
+        ];
+        let (mut x, mut y) = (ReplicatedState::default(), ReplicatedState::default());
+        let rx: Vec<_> = log.iter().map(|c| x.apply(c)).collect();
+        let ry: Vec<_> = log.iter().map(|c| y.apply(c)).collect();
+        assert_eq!(rx, ry);
+        assert_eq!(x, y);
+        let Response::Revoked { ended, .. } = &rx[2].0 else {
+            panic!()
+        };
+        let ids: Vec<_> = ended.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["s1", "s2"], "ended in robot order");
+    }
+
+    #[test]
+    fn a_revoked_login_token_refuses_the_session_after_the_operator_check() {
+        let mut s = ReplicatedState::default();
+        let with_login = |id: &str, operator: &str, jti: Option<&str>| {
+            let mut c = start(id, operator, "r1");
+            if let Command::StartSession { login_token_id, .. } = &mut c {
+                *login_token_id = jti.map(str::to_owned);
+            }
+            c
+        };
+        s.apply(&revoke(RevocationKind::Token, "login-1", 1, None));
+        let (r, m) = s.apply(&with_login("s1", "alice", Some("login-1")));
+        assert_eq!(refused_code(&r), "credential_revoked");
+        assert!(m.is_empty());
+        assert!(s.active_session_of("r1").is_none());
+        s.apply(&revoke(RevocationKind::Operator, "bob", 1, None));
+        let (r, _) = s.apply(&with_login("s2", "bob", Some("login-1")));
+        assert_eq!(
+            refused_code(&r),
+            "operator_revoked",
+            "the operator check comes first"
+        );
+        assert!(matches!(
+            s.apply(&with_login("s3", "alice", Some("login-2"))).0,
+            Response::SessionStarted(_)
+        ));
+        let (r, _) = s.apply(&with_login("s4", "carol", Some("login-1")));
+        assert_eq!(
+            refused_code(&r),
+            "credential_revoked",
+            "checked before robot_busy"
+        );
+        assert_eq!(
+            refused_code(&s.apply(&with_login("s5", "carol", None)).0),
+            "robot_busy"
+        );
+    }
+
+    fn session(id: &str, robot: &str, created_at: u64, ended_at: Option<u64>) -> Session {
+        Session {
+            id: id.into(),
+            operator: "alice".into(),
+            robot: robot.into(),
+            token_id: format!("jti-{id}"),
+            node: 1,
+            created_at,
+            state: match ended_at {
+                None => SessionState::Active,
+                Some(_) => SessionState::Terminated,
+            },
+            ended_at,
+            end_reason: ended_at.map(|_| "client_request".into()),
+        }
+    }
+
+    #[test]
+    fn the_latest_session_of_a_robot_follows_starts_ends_and_loading_in_any_order() {
+        let mut s = ReplicatedState::default();
+        assert!(s.latest_session_of("r1").is_none());
+        s.apply(&start("s1", "alice", "r1"));
+        assert_eq!(s.latest_session_of("r1").unwrap().id, "s1");
+        s.apply(&end("s1", "alice", 150));
+        let latest = s.latest_session_of("r1").unwrap();
+        assert_eq!(
+            (latest.id.as_str(), latest.state),
+            ("s1", SessionState::Terminated)
+        );
+        let mut later = start("s0", "bob", "r1");
+        if let Command::StartSession { at, .. } = &mut later {
+            *at = 200;
+        }
+        s.apply(&later);
+        assert_eq!(
+            s.latest_session_of("r1").unwrap().id,
+            "s0",
+            "by created_at, not id"
+        );
+        assert!(s.latest_session_of("r2").is_none());
+
+        let mut loaded = ReplicatedState::default();
+        for x in [
+            session("c", "r1", 300, Some(400)),
+            session("a", "r1", 100, Some(200)),
+            session("d", "r1", 300, Some(350)),
+            session("b", "r2", 500, None),
+        ] {
+            loaded.insert_session(x);
+        }
+        assert_eq!(
+            loaded.latest_session_of("r1").unwrap().id,
+            "d",
+            "ties: greatest id"
+        );
+        assert_eq!(loaded.latest_session_of("r2").unwrap().id, "b");
+        loaded.insert_session(session("d", "r2", 600, Some(650)));
+        assert_eq!(
+            loaded.latest_session_of("r1").unwrap().id,
+            "c",
+            "a replaced session moves"
+        );
+        assert_eq!(loaded.latest_session_of("r2").unwrap().id, "d");
+    }
+
+    #[test]
+    fn expiry_of_the_latest_session_falls_back_to_the_next_retained_one() {
+        let mut s = ReplicatedState::default();
+        s.insert_session(session("old", "r1", 100, Some(5_000)));
+        s.insert_session(session("new", "r1", 200, Some(1_000)));
+        assert_eq!(s.latest_session_of("r1").unwrap().id, "new");
+        let (_, m) = s.apply(&Command::Expire {
+            now: 1_000 + SESSION_RETENTION_MS,
+        });
+        assert_eq!(m, vec![Mutation::DeleteSession("new".into())]);
+        assert_eq!(s.latest_session_of("r1").unwrap().id, "old");
+        s.apply(&Command::Expire {
+            now: 5_000 + SESSION_RETENTION_MS,
+        });
+        assert!(s.latest_session_of("r1").is_none());
+        assert_eq!(
+            s,
+            ReplicatedState::default(),
+            "no index keeps a dropped session"
+        );
+    }
+
+    #[test]
+    fn a_revocation_event_comes_before_the_ends_of_the_sessions_it_ended() {
+        let mut s = ReplicatedState::default();
+        s.apply(&start("s1", "alice", "r1"));
+        s.apply(&start("s2", "alice", "r2"));
+        let (r, _) = s.apply(&revoke(RevocationKind::Operator, "alice", 500, None));
+        let events = session_events(&r);
+        assert_eq!(events.len(), 3);
+        assert!(matches!(&events[0], SessionEvent::Revoked(e) if e.target == "alice"));
+        assert!(matches!(&events[1], SessionEvent::Ended(x) if x.id == "s1"));
+        assert!(matches!(&events[2], SessionEvent::Ended(x) if x.id == "s2"));
+        // Revoking again (nothing new ended) still tells the gateways; they are idempotent.
+        let (r, _) = s.apply(&revoke(RevocationKind::Operator, "alice", 600, None));
+        assert!(matches!(
+            &session_events(&r)[..],
+            [SessionEvent::Revoked(_)]
+        ));
     }
 }

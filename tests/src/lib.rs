@@ -276,15 +276,32 @@ impl SignalClient {
         assert_eq!(f["code"], code, "{f}");
     }
 
-    /// How many `lease` frames arrive within `window` (other frames are skipped).
-    pub async fn leases_within(&mut self, window: Duration) -> usize {
+    /// (A robot) asks for a lease on `session_id` with `nonce`.
+    pub async fn ask_lease(&mut self, session_id: &str, nonce: u64) {
+        self.send(
+            serde_json::json!({"type": "lease_request", "session_id": session_id, "nonce": nonce}),
+        )
+        .await;
+    }
+
+    /// (A robot) asks for a lease on `session_id` every 100 ms for `window`, like an agent
+    /// does; how many `lease` frames answer (other frames are skipped).
+    pub async fn leases_within(&mut self, session_id: &str, window: Duration) -> usize {
         let mut leases = 0;
+        let mut nonce = 1_000_000;
+        let mut ask = tokio::time::interval(Duration::from_millis(100));
         let _ = tokio::time::timeout(window, async {
             loop {
-                match self.next().await {
-                    Seen::Frame(f) if f["type"] == "lease" => leases += 1,
-                    Seen::Closed(_) => break,
-                    Seen::Frame(_) => {}
+                tokio::select! {
+                    _ = ask.tick() => {
+                        nonce += 1;
+                        self.ask_lease(session_id, nonce).await;
+                    }
+                    seen = self.next() => match seen {
+                        Seen::Frame(f) if f["type"] == "lease" => leases += 1,
+                        Seen::Closed(_) => break,
+                        Seen::Frame(_) => {}
+                    },
                 }
             }
         })

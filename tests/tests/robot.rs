@@ -6,7 +6,7 @@ use serde_json::Value;
 use std::time::Duration;
 use tether_agent::events::{millis, monotonic_now};
 use tether_api::Target;
-use tether_node::auth::{Claims, Role};
+use tether_node::auth::Claims;
 use tether_tests::TestCluster;
 
 fn t_ms(e: &Value) -> f64 {
@@ -136,9 +136,13 @@ async fn the_robot_refuses_a_revoked_session_token_on_a_new_channel() {
         .expect("revoking");
     assert_eq!(first.exit().await.0, 3);
     // A console with a fresh session presents a (validly signed) token for the revoked one.
-    let mut claims = Claims::new("alice", Role::Operator, Duration::from_secs(300));
-    claims.sid = Some(old_sid.clone());
-    claims.robot = Some("robot-r".into());
+    let claims = Claims::session(
+        "alice",
+        old_sid.clone(),
+        "robot-r",
+        "jti-stale",
+        Duration::from_secs(300),
+    );
     let stale = cluster
         .secrets
         .minter()

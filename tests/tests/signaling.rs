@@ -122,14 +122,10 @@ async fn a_revocation_by_sid_jti_or_operator_tears_down_both_peers_and_no_node_a
         for node in 1..=3 {
             let mut again = SignalClient::connect(cluster.node(node).http).await;
             again.send(json!({"type": "auth", "token": token})).await;
-            match again.next().await {
-                tether_tests::Seen::Frame(f) if f["type"] == "auth_ok" => {
-                    again.send(json!({"type": "join", "session_id": sid})).await;
-                    again.expect_error("session_revoked").await;
-                }
-                // A revoked jti or operator may already be refused at auth.
-                other => panic!("unexpected {other:?}"),
-            }
+            // Every credential check consults the revocations: the session token of a
+            // revoked session is refused at auth already, as its session's revocation.
+            again.expect_error("session_revoked").await;
+            assert_eq!(again.closed().await, 4001);
         }
     }
     for node in 1..=3 {
@@ -347,9 +343,11 @@ async fn a_node_cut_off_from_the_quorum_refuses_joins_and_stops_leases() {
         SignalClient::authed(cluster.node(1).http, &cluster.token("robot-q", Role::Robot)).await;
     let session = cluster.create_session(1, "alice", "robot-q").await;
     r.expect("session_assigned").await;
+    r.ask_lease(&session.session_id, 7).await;
     let lease = r.expect("lease").await;
     assert_eq!(lease["session_id"], session.session_id.as_str());
     assert_eq!(lease["ttl_ms"], 1000);
+    assert_eq!(lease["nonce"], 7, "the robot's own nonce comes back");
     cluster.kill(2);
     cluster.kill(3);
     let mut o = SignalClient::authed(cluster.node(1).http, &session.token).await;
@@ -359,7 +357,7 @@ async fn a_node_cut_off_from_the_quorum_refuses_joins_and_stops_leases() {
     o.expect_error("unavailable").await;
     // Without a quorum the node grants no lease: the robot hears none for over a lease.
     let leases = r
-        .leases_within(std::time::Duration::from_millis(1500))
+        .leases_within(&session.session_id, std::time::Duration::from_millis(1500))
         .await;
     assert_eq!(leases, 0, "no lease may be granted without a quorum");
 }
@@ -409,6 +407,7 @@ async fn a_live_node_partitioned_into_a_minority_fails_closed_and_stops_leases()
     let session = cluster.create_session(cut, "alice", "robot-p").await;
     let sid = session.session_id.clone();
     r.expect("session_assigned").await;
+    r.ask_lease(&sid, 1).await;
     r.expect("lease").await;
     let isolation = cluster.isolate(cut);
     // The majority revokes; the cut-off node cannot hear it.
@@ -422,7 +421,7 @@ async fn a_live_node_partitioned_into_a_minority_fails_closed_and_stops_leases()
     o.send(json!({"type": "join", "session_id": sid})).await;
     o.expect_error("unavailable").await;
     let leases = r
-        .leases_within(std::time::Duration::from_millis(1500))
+        .leases_within(&sid, std::time::Duration::from_millis(1500))
         .await;
     assert_eq!(leases, 0, "a node without a quorum grants no lease");
     // Healed, it learns the revocation and tears the session down.
@@ -431,7 +430,8 @@ async fn a_live_node_partitioned_into_a_minority_fails_closed_and_stops_leases()
         assert_eq!(peer.expect("revoked").await["reason"], "partitioned");
         assert_eq!(peer.closed().await, 4001);
     }
-    let mut late = SignalClient::authed(cluster.node(cut).http, &session.token).await;
-    late.send(json!({"type": "join", "session_id": sid})).await;
+    let mut late = SignalClient::connect(cluster.node(cut).http).await;
+    late.send(json!({"type": "auth", "token": session.token}))
+        .await;
     late.expect_error("session_revoked").await;
 }

@@ -70,6 +70,7 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
+    idempotency_key: Option<String>,
 }
 
 impl Client {
@@ -89,6 +90,7 @@ impl Client {
             http,
             base: http_url(base),
             token: token.to_owned(),
+            idempotency_key: None,
         }
     }
 
@@ -96,6 +98,15 @@ impl Client {
     pub fn with_token(&self, token: &str) -> Self {
         Self {
             token: token.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    /// The same client sending `Idempotency-Key: key` with every request: the writes it
+    /// sends are retries of one intended write, applied at most once (`docs/api.md`).
+    pub fn with_idempotency_key(&self, key: &str) -> Self {
+        Self {
+            idempotency_key: Some(key.to_owned()),
             ..self.clone()
         }
     }
@@ -113,6 +124,10 @@ impl Client {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
+        let request = match &self.idempotency_key {
+            Some(key) => request.header("idempotency-key", key),
+            None => request,
+        };
         let response = request.bearer_auth(&self.token).send().await?;
         let status = response.status();
         if status.is_success() {

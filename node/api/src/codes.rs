@@ -32,6 +32,10 @@ tether_signaling::stable_codes! {
     TokenExpired = "token_expired";
     /// The token does not verify.
     InvalidToken = "invalid_token";
+    /// The token is for another use: a session token or a robot token on the HTTP API.
+    WrongAudience = "wrong_audience";
+    /// The token's id, its session or its subject is revoked.
+    CredentialRevoked = "credential_revoked";
     /// The token's role may not do this.
     Forbidden = "forbidden";
     /// The site policy does not let this operator drive this robot.
@@ -72,6 +76,8 @@ impl ErrorCode {
             ErrorCode::MissingToken => 401,
             ErrorCode::TokenExpired => 401,
             ErrorCode::InvalidToken => 401,
+            ErrorCode::WrongAudience => 401,
+            ErrorCode::CredentialRevoked => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::PolicyDenied => 403,
             ErrorCode::OperatorRevoked => 403,

@@ -219,14 +219,16 @@ mod tests {
 
     #[test]
     fn incoming_frames_are_typed_when_known() {
-        let lease =
-            Incoming::Frame(serde_json::json!({"type": "lease", "session_id": "s", "ttl_ms": 5}));
+        let lease = Incoming::Frame(
+            serde_json::json!({"type": "lease", "session_id": "s", "ttl_ms": 5, "nonce": 3}),
+        );
         assert_eq!(lease.frame_type(), Some("lease"));
         assert_eq!(
             lease.typed(),
             Some(ServerFrame::Lease {
                 session_id: "s".into(),
-                ttl_ms: 5
+                ttl_ms: 5,
+                nonce: 3
             })
         );
         assert_eq!(Incoming::Closed(4001).typed(), None);

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::time::Duration;
 use tether_devkit::{ClusterFile, ClusterFileNode, NodeProcess, Secrets};
-use tether_node::auth::Role;
+use tether_node::auth::{Role, MAX_TOKEN_TTL};
 
 /// The robot and operator `tether dev` sets up.
 const DEV_ROBOT: &str = "robot-1";
@@ -22,7 +22,8 @@ pub(crate) async fn dev_cluster(n: u64, dir: &Path, fresh: bool) -> Result<()> {
     let dir = dir.canonicalize()?;
     tether_devkit::generate(&dir, n)?;
     let secrets = Secrets::open(&dir)?;
-    let admin_token = secrets.mint("admin", Role::Admin, Duration::from_secs(30 * 24 * 3600))?;
+    // The longest lifetime the nodes accept: a dev cluster's tokens last its week.
+    let admin_token = secrets.mint("admin", Role::Admin, MAX_TOKEN_TTL)?;
     let bin = std::env::current_exe()?;
     let mut procs = Vec::new();
     for id in 1..=n {
@@ -62,12 +63,8 @@ pub(crate) async fn dev_cluster(n: u64, dir: &Path, fresh: bool) -> Result<()> {
         );
     }
     // One simulated robot, connected to every node, so the console has something to drive.
-    let robot_token = secrets.mint(DEV_ROBOT, Role::Robot, Duration::from_secs(30 * 24 * 3600))?;
-    let operator_token = secrets.mint(
-        DEV_OPERATOR,
-        Role::Operator,
-        Duration::from_secs(30 * 24 * 3600),
-    )?;
+    let robot_token = secrets.mint(DEV_ROBOT, Role::Robot, MAX_TOKEN_TTL)?;
+    let operator_token = secrets.mint(DEV_OPERATOR, Role::Operator, MAX_TOKEN_TTL)?;
     let gateways: Vec<_> = procs.iter().map(|p| p.http).collect();
     let agent_log = std::fs::OpenOptions::new()
         .create(true)

@@ -111,14 +111,27 @@ pub(crate) struct AgentArgs {
     #[arg(long)]
     pub(crate) robot_id: String,
     /// The robot token (`tether token mint --robot ID`).
-    #[arg(long, env = "TETHER_ROBOT_TOKEN", hide_env_values = true)]
-    pub(crate) token: String,
+    #[arg(
+        long,
+        env = "TETHER_ROBOT_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_file"
+    )]
+    pub(crate) token: Option<String>,
+    /// Read the robot token from this file (instead of `--token`), again every second: a
+    /// renewed token written there is sent on the live connection, so the robot stays
+    /// connected past the old token's expiry.
+    #[arg(long)]
+    pub(crate) token_file: Option<PathBuf>,
     /// Write events (JSON lines, CLOCK_MONOTONIC ms) to this file.
     #[arg(long)]
     pub(crate) events: Option<PathBuf>,
     /// Silence on the control channel longer than this stops the robot.
     #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
     pub(crate) control_timeout: Duration,
+    /// The longest a lease counts for, whatever TTL a gateway grants (milliseconds).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) max_lease_ms: u64,
     /// The address WebRTC binds (its only ICE candidate).
     #[arg(long, default_value = "127.0.0.1")]
     pub(crate) rtc_ip: std::net::IpAddr,
@@ -229,7 +242,8 @@ enum TokenCmd {
         /// A robot token for this robot id.
         #[arg(long, group = "who")]
         robot: Option<String>,
-        /// Lifetime in seconds.
+        /// Lifetime in seconds (at most 7 days: nodes refuse longer-lived tokens, and a token
+        /// revocation lasts that long).
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
         #[command(flatten)]
@@ -348,6 +362,10 @@ async fn run(cli: Cli) -> Result<()> {
                 (_, _, Some(r)) => (r, Role::Robot),
                 _ => bail!("give --admin, --operator ID or --robot ID"),
             };
+            let max = tether_node::auth::MAX_TOKEN_TTL.as_secs();
+            if ttl == 0 || ttl > max {
+                bail!("--ttl must be 1 to {max} seconds (the nodes refuse longer-lived tokens: auth.max_token_ttl_s)");
+            }
             println!(
                 "{}",
                 Secrets::open(&dir.dir)?.mint(&sub, role, Duration::from_secs(ttl))?

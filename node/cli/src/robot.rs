@@ -5,7 +5,7 @@ use crate::{wait_for_signal, AgentArgs, ConsoleArgs};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::time::Duration;
-use tether_node::auth::{AuthError, Role, Verifier};
+use tether_node::auth::{AuthError, TokenKind, Verifier};
 
 fn events_log(path: Option<&Path>) -> Result<tether_agent::events::EventLog> {
     Ok(match path {
@@ -17,15 +17,25 @@ fn events_log(path: Option<&Path>) -> Result<tether_agent::events::EventLog> {
 
 pub(crate) async fn run_agent(args: AgentArgs) -> Result<()> {
     tether_node::telemetry::init_logging("info,webrtc=error,rtc=error");
+    use tether_agent::robot::TokenSource;
+    let (source, token) = match (&args.token_file, &args.token) {
+        (Some(path), _) => {
+            let token = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            (TokenSource::File(path.clone()), token.trim().to_owned())
+        }
+        (None, Some(token)) => (TokenSource::Fixed(token.clone()), token.clone()),
+        (None, None) => bail!("give the robot token with --token or --token-file"),
+    };
     let public_key = fetch_token_key(&args.gateway).await?;
     let verifier = Verifier::from_pem(public_key.as_bytes())?;
     let claims = verifier
-        .verify(&args.token)
+        .verify(&token)
         .context("the robot token does not verify with the cluster's key")?;
-    if claims.role != Role::Robot || claims.sub != args.robot_id {
+    if claims.kind() != Some(TokenKind::Robot) || claims.sub != args.robot_id {
         bail!(
             "the token is a {:?} token for {:?}, not a robot token for {:?}",
-            claims.role,
+            claims.kind(),
             claims.sub,
             args.robot_id
         );
@@ -33,9 +43,10 @@ pub(crate) async fn run_agent(args: AgentArgs) -> Result<()> {
     let agent = tether_agent::robot::Agent::new(
         tether_agent::robot::AgentOptions {
             gateways: args.gateway,
-            token: args.token,
+            token: source,
             safety: tether_agent::safety::SafetyConfig {
                 control_timeout: args.control_timeout,
+                max_lease: Duration::from_millis(args.max_lease_ms),
             },
             rtc_ip: args.rtc_ip,
             events: events_log(args.events.as_deref())?,
@@ -98,7 +109,8 @@ pub(crate) async fn run_console(args: ConsoleArgs) -> Result<()> {
 }
 
 /// Checks session tokens for the robot agent with the cluster's public key: a valid
-/// operator token carrying a session id.
+/// session token (role operator, audience session, with `sid`), nothing else: a login,
+/// admin or robot token is refused.
 struct SessionTokenCheck(Verifier);
 
 impl tether_agent::robot::TokenCheck for SessionTokenCheck {
@@ -111,13 +123,21 @@ impl tether_agent::robot::TokenCheck for SessionTokenCheck {
             AuthError::Expired => DenyReason::TokenExpired,
             _ => DenyReason::InvalidToken,
         })?;
-        match (claims.role, claims.sid) {
-            (Role::Operator, Some(session_id)) => Ok(tether_agent::safety::Credentials {
-                session_id,
-                token_id: claims.jti,
-                operator: claims.sub,
-            }),
-            _ => Err(DenyReason::InvalidToken),
+        if claims.kind() != Some(TokenKind::Session) {
+            return Err(DenyReason::InvalidToken);
         }
+        // The core counts the rest on its monotonic clock; wall-clock time is read once here.
+        let left_ms = claims
+            .expires_at_ms()
+            .saturating_sub(tether_api::time::now_ms());
+        let Some(session_id) = claims.sid else {
+            return Err(DenyReason::InvalidToken);
+        };
+        Ok(tether_agent::safety::Credentials {
+            session_id,
+            token_id: claims.jti,
+            operator: claims.sub,
+            expires_in: Duration::from_millis(left_ms),
+        })
     }
 }

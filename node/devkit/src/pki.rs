@@ -64,8 +64,15 @@ impl Secrets {
         self.dir.join("signing-pub.pem")
     }
 
-    /// Mints a token for `sub` with `role`.
+    /// Mints a token for `sub` with `role`, living `ttl` (at most
+    /// [`tether_node::auth::MAX_TOKEN_TTL`], which nodes refuse to exceed).
     pub fn mint(&self, sub: &str, role: Role, ttl: Duration) -> io::Result<String> {
+        if ttl > tether_node::auth::MAX_TOKEN_TTL {
+            return Err(io::Error::other(format!(
+                "a token may live at most {} s",
+                tether_node::auth::MAX_TOKEN_TTL.as_secs()
+            )));
+        }
         let minter = Minter::from_pem(std::fs::read_to_string(self.signing_key())?.as_bytes())
             .map_err(io::Error::other)?;
         minter
@@ -109,6 +116,7 @@ impl Secrets {
             auth: AuthConfig {
                 public_key: self.signing_pub(),
                 private_key: Some(self.signing_key()),
+                max_token_ttl_s: tether_node::auth::MAX_TOKEN_TTL.as_secs(),
             },
             raft: RaftSection::default(),
             http: HttpSection::default(),

@@ -76,11 +76,17 @@ impl Hub {
                     ));
                 }
             }
-            Identity::Robot { robot_id } => {
+            Identity::Robot { robot_id, token_id } => {
                 if *robot_id != session.robot {
                     return Err(denied(
                         ErrorCode::Forbidden,
                         "that session is for another robot",
+                    ));
+                }
+                if let Some(r) = state.denial(None, Some(token_id), Some(robot_id)) {
+                    return Err(denied(
+                        ErrorCode::CredentialRevoked,
+                        format!("this robot's token is revoked: {}", r.reason),
                     ));
                 }
             }

@@ -103,6 +103,14 @@ pub struct Hub {
     live: AtomicU64,
     tasks: Live,
     timers: Live,
+    /// Robots' lease requests waiting for the next quorum check, and the lease task's bell.
+    lease_desk: Mutex<tether_signaling::lease::LeaseDesk>,
+    lease_wake: tokio::sync::Notify,
+    /// The sessions this hub last saw active, so that a re-check after a snapshot or a
+    /// missed event tears down exactly those that ended meanwhile.
+    known_active: Mutex<std::collections::HashSet<String>>,
+    /// Forwarded relays in a row that got no answer, by node.
+    relay_failures: Mutex<HashMap<NodeId, u32>>,
     /// `tether_relay_seconds` by path, looked up once rather than for every relayed frame.
     relay_local: metrics::Histogram,
     relay_from_peer_node: metrics::Histogram,
@@ -127,6 +135,10 @@ impl Hub {
             live: AtomicU64::new(0),
             tasks: Live::default(),
             timers: Live::default(),
+            lease_desk: Mutex::default(),
+            lease_wake: tokio::sync::Notify::new(),
+            known_active: Mutex::default(),
+            relay_failures: Mutex::default(),
             relay_local: metrics::histogram!(names::RELAY_SECONDS, "path" => RelayPath::Local.as_str()),
             relay_from_peer_node: metrics::histogram!(
                 names::RELAY_SECONDS,
@@ -151,7 +163,8 @@ impl Hub {
         }));
         vec![
             tokio::spawn(self.clone().teardown_loop(stopped.clone())),
-            tokio::spawn(self.clone().lease_loop(stopped)),
+            tokio::spawn(self.clone().lease_loop(stopped.clone())),
+            tokio::spawn(self.clone().membership_loop(stopped)),
         ]
     }
 

@@ -2,7 +2,7 @@
 //! with the frame rate limit, and the closing handshake.
 
 use super::{Hub, Outbound};
-use crate::auth::{AuthError, Claims, Role};
+use crate::auth::{AuthError, Claims, Role, TokenKind};
 use crate::telemetry::names;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::stream::SplitStream;
@@ -10,11 +10,14 @@ use futures::{SinkExt, StreamExt};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tether_api::time::now_ms;
 use tether_signaling::codes::{CloseCode, ErrorCode};
-use tether_signaling::hub::{FrameStep, HubCore, Identity};
-use tether_signaling::protocol::{self, ClientFrame};
+use tether_signaling::hub::{Action, FrameStep, HubCore, Identity, Welcome};
+use tether_signaling::lease::LeaseAsk;
+use tether_signaling::protocol::{self, error_frame, ClientFrame, LastSession};
 use tether_signaling::rate::{FrameGate, Gate};
 use tether_signaling::rooms::ConnId;
+use tether_store::{Session, SessionState};
 use tokio::sync::mpsc;
 
 /// How long a closing connection waits for the peer's close frame.
@@ -35,10 +38,11 @@ impl Hub {
         });
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         self.shell().writers.insert(conn, tx);
-        if self.authenticate(conn, &mut stream).await {
-            self.read_loop(conn, &mut stream).await;
+        if let Some(expires_at_ms) = self.authenticate(conn, &mut stream).await {
+            self.read_loop(conn, &mut stream, expires_at_ms).await;
             self.act(Instant::now(), |core| core.disconnected(conn))
                 .await;
+            self.leases().forget(conn);
         }
         // The writer ends once its sender is gone (or at a close it was given).
         self.shell().writers.remove(&conn);
@@ -52,14 +56,15 @@ impl Hub {
     }
 
     /// Reads the `auth` frame (within the deadline) and registers the connection; on any
-    /// failure the client gets an error frame and a close. True when authenticated.
-    async fn authenticate(&self, conn: ConnId, stream: &mut SplitStream<WebSocket>) -> bool {
+    /// failure the client gets an error frame and a close. When authenticated, the token's
+    /// expiry (ms since the epoch), at which the connection closes unless re-authenticated.
+    async fn authenticate(&self, conn: ConnId, stream: &mut SplitStream<WebSocket>) -> Option<u64> {
         let refuse = |close, code, message: String| async move {
             self.act(Instant::now(), |_| {
                 HubCore::auth_refused(conn, close, code, message)
             })
             .await;
-            false
+            None
         };
         let timeout = Duration::from_millis(self.config.sessions.auth_timeout_ms);
         let deadline = self.timers.enter();
@@ -74,7 +79,7 @@ impl Hub {
                 )
                 .await
             }
-            Ok(None) => return false,
+            Ok(None) => return None,
             Ok(Some(text)) => text,
         };
         let token = match protocol::parse(&first) {
@@ -89,74 +94,140 @@ impl Hub {
             }
             Err(e) => return refuse(CloseCode::AuthFailed, e.error_code(), e.message).await,
         };
-        let claims = match self.verifier.verify(&token) {
+        let claims = match self.check_token(&token) {
             Ok(claims) => claims,
-            Err(e) => {
-                let code = match e {
-                    AuthError::Missing => ErrorCode::MissingToken,
-                    AuthError::Expired => ErrorCode::TokenExpired,
-                    AuthError::Invalid(_) => ErrorCode::InvalidToken,
-                    AuthError::Key(_) => ErrorCode::Internal,
-                };
-                return refuse(
-                    CloseCode::AuthFailed,
-                    code,
-                    format!("token refused: {code}"),
-                )
-                .await;
+            // A session token of a revoked session: told as the session's revocation, with
+            // its close code, as a join would have been.
+            Err((ErrorCode::SessionRevoked, message)) => {
+                return refuse(CloseCode::Revoked, ErrorCode::SessionRevoked, message).await
             }
+            Err((code, message)) => return refuse(CloseCode::AuthFailed, code, message).await,
         };
+        let expires_at_ms = claims.expires_at_ms();
         let identity = identity_of(claims);
-        let assigned = match &identity {
-            Identity::Robot { robot_id } => self
-                .raft
-                .view()
-                .read()
-                .active_session_of(robot_id)
-                .map(|s| s.id.clone()),
-            Identity::Operator { .. } | Identity::Watcher { .. } => None,
+        let welcome = {
+            let state = self.raft.view().read();
+            let mut welcome = Welcome::expiring_in(expires_at_ms.saturating_sub(now_ms()));
+            if let Identity::Robot { robot_id, .. } = &identity {
+                welcome.assigned_session = state.active_session_of(robot_id).map(|s| s.id.clone());
+                welcome.last_session = state.latest_session_of(robot_id).map(last_session);
+            }
+            welcome
         };
         self.act(Instant::now(), |core| {
-            core.authenticated(conn, identity, assigned)
+            core.authenticated(conn, identity, welcome)
         })
         .await;
-        true
+        Some(expires_at_ms)
     }
 
-    async fn read_loop(&self, conn: ConnId, stream: &mut SplitStream<WebSocket>) {
+    /// A token presented on `/v1/signal`, checked with no I/O (S1): its signature, expiry
+    /// and lifetime, and the revocations of its id, its session and its subject. Every
+    /// kind of token may connect (a session token to join its session, a robot token as its
+    /// robot, a login token for its robots' notices, an admin token to watch).
+    fn check_token(&self, token: &str) -> Result<Claims, (ErrorCode, String)> {
+        let claims = self.verifier.verify(token).map_err(|e| {
+            let code = match e {
+                AuthError::Missing => ErrorCode::MissingToken,
+                AuthError::Expired => ErrorCode::TokenExpired,
+                AuthError::Invalid(_) => ErrorCode::InvalidToken,
+                AuthError::Key(_) => ErrorCode::Internal,
+            };
+            (code, format!("token refused: {code}"))
+        })?;
+        if let Some(r) = crate::auth::denial(&self.raft.view().read(), &claims) {
+            // For a session token, any of these revocations revoked its session.
+            let code = match claims.kind() {
+                Some(TokenKind::Session) => ErrorCode::SessionRevoked,
+                _ => ErrorCode::CredentialRevoked,
+            };
+            return Err((
+                code,
+                format!("this token is revoked ({}): {}", r.kind.as_str(), r.reason),
+            ));
+        }
+        Ok(claims)
+    }
+
+    /// A fresh `auth` on an authenticated connection: the new expiry when the core took it.
+    /// A refused token leaves the connection as it was, with an error frame.
+    async fn reauthenticate(&self, conn: ConnId, token: &str) -> Option<u64> {
+        let claims = match self.check_token(token) {
+            Ok(claims) => claims,
+            Err((code, message)) => {
+                self.act(Instant::now(), |_| {
+                    vec![Action::Send(conn, error_frame(code, message))]
+                })
+                .await;
+                return None;
+            }
+        };
+        let expires_at_ms = claims.expires_at_ms();
+        let expires_in_ms = expires_at_ms.saturating_sub(now_ms());
+        let mut taken = false;
+        self.act(Instant::now(), |core| {
+            let (t, actions) = core.reauthenticated(conn, identity_of(claims), expires_in_ms);
+            taken = t;
+            actions
+        })
+        .await;
+        taken.then_some(expires_at_ms)
+    }
+
+    /// Reads frames until the socket closes, or until the token expires (4004) without a
+    /// fresh `auth` before.
+    async fn read_loop(
+        &self,
+        conn: ConnId,
+        stream: &mut SplitStream<WebSocket>,
+        mut expires_at_ms: u64,
+    ) {
         let s = &self.config.sessions;
         let started = Instant::now();
-        let now_ms = || started.elapsed().as_millis() as u64;
-        let mut gate = FrameGate::new(s.frame_burst, s.frames_per_second, now_ms());
-        while let Some(text) = next_text(stream).await {
+        let elapsed_ms = || started.elapsed().as_millis() as u64;
+        let mut gate = FrameGate::new(s.frame_burst, s.frames_per_second, elapsed_ms());
+        let expiry = tokio::time::sleep_until(until(expires_at_ms));
+        tokio::pin!(expiry);
+        loop {
+            let text = tokio::select! {
+                text = next_text(stream) => match text {
+                    Some(text) => text,
+                    None => return,
+                },
+                _ = &mut expiry => {
+                    metrics::counter!(names::SIGNAL_TOKEN_EXPIRED_TOTAL).increment(1);
+                    self.act(Instant::now(), |core| core.token_expired(conn)).await;
+                    return;
+                }
+            };
             let received = Instant::now();
-            match gate.check(now_ms()) {
+            match gate.check(elapsed_ms()) {
                 Gate::Pass => {}
                 Gate::Refuse(frame) => {
                     metrics::counter!(names::SIGNAL_RATE_LIMITED_TOTAL).increment(1);
-                    self.act(received, |_| {
-                        vec![tether_signaling::hub::Action::Send(conn, frame)]
-                    })
-                    .await;
+                    self.act(received, |_| vec![Action::Send(conn, frame)])
+                        .await;
                     continue;
                 }
                 Gate::Cut(code, reason) => {
                     metrics::counter!(names::SIGNAL_RATE_LIMITED_TOTAL).increment(1);
-                    self.act(received, |_| {
-                        vec![tether_signaling::hub::Action::Close(conn, code, reason)]
-                    })
-                    .await;
+                    self.act(received, |_| vec![Action::Close(conn, code, reason)])
+                        .await;
                     return;
                 }
             }
             match protocol::parse(&text) {
+                Ok(ClientFrame::Auth { token }) => {
+                    if let Some(at) = self.reauthenticate(conn, &token).await {
+                        expires_at_ms = at;
+                        expiry.as_mut().reset(until(expires_at_ms));
+                    }
+                }
                 Ok(frame) => self.on_frame(conn, frame, received).await,
                 Err(e) => {
                     let frame = e.to_frame();
-                    self.act(received, |_| {
-                        vec![tether_signaling::hub::Action::Send(conn, frame)]
-                    })
-                    .await
+                    self.act(received, |_| vec![Action::Send(conn, frame)])
+                        .await
                 }
             }
         }
@@ -181,12 +252,21 @@ impl Hub {
                 identity,
                 side,
             }) => self.join(conn, session_id, identity, side).await,
+            Some(FrameStep::Lease {
+                robot_id,
+                session_id,
+                nonce,
+            }) => self.lease_asked(LeaseAsk {
+                conn,
+                robot_id,
+                session_id,
+                nonce,
+            }),
             Some(FrameStep::Forward { node, signal }) => {
                 // Awaited before the next frame is read: order is kept per sender.
-                let delivered = self
-                    .signal(node, &signal)
-                    .await
-                    .is_some_and(|a| a.delivered);
+                let answer = self.signal(node, &signal).await;
+                self.relay_outcome(node, answer.is_some()).await;
+                let delivered = answer.is_some_and(|a| a.delivered);
                 self.act(received, |core| core.relay_result(conn, delivered))
                     .await;
             }
@@ -204,10 +284,31 @@ fn identity_of(claims: Claims) -> Identity {
         },
         Role::Robot => Identity::Robot {
             robot_id: claims.sub,
+            token_id: claims.jti,
         },
         Role::Admin => Identity::Watcher {
             subject: claims.sub,
+            token_id: claims.jti,
         },
+    }
+}
+
+/// The tokio instant of a wall-clock instant (ms since the epoch), now if it has passed.
+fn until(at_ms: u64) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_millis(at_ms.saturating_sub(now_ms()))
+}
+
+/// A robot's most recent session as `auth_ok` tells it.
+fn last_session(session: &Session) -> LastSession {
+    LastSession {
+        session_id: session.id.clone(),
+        state: match session.state {
+            SessionState::Active => "active",
+            SessionState::Revoked => "revoked",
+            SessionState::Terminated => "terminated",
+        }
+        .into(),
+        reason: session.end_reason.clone(),
     }
 }
 

@@ -1,14 +1,24 @@
-//! Session starts and ends from the state machine, applied to this node's connections
-//! (S4): the robot hears of a new session; an ended one's connections are told why and
-//! closed, watchers and the robot's owner get a notice, and the audit ledger records it.
+//! Session starts and ends, and credential revocations, from the state machine, applied to
+//! this node's connections (S4): the robot hears of a new session; an ended one's
+//! connections are told why and closed, watchers and the robot's owner get a notice, and
+//! the audit ledger records it; a connection whose token id or subject is revoked (a
+//! robot's, a watcher's, an owner's) is closed with the reason.
+//!
+//! After a snapshot or a missed event, the hub re-checks against the applied state: only
+//! the sessions it last saw active and that have ended since are torn down (not every
+//! session ended in the last day, which would close robots serving newer sessions and
+//! rewrite audit records), and every connection's credential is checked again.
 
 use super::Hub;
 use crate::telemetry::names;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 use tether_api::time::rfc3339;
-use tether_signaling::hub::{Action, EndedSession};
-use tether_store::{ReplicatedState, Session, SessionEvent, SessionState};
+use tether_signaling::hub::{Action, Credential, EndedSession};
+use tether_store::{
+    ReplicatedState, Revocation, RevocationKind, Session, SessionEvent, SessionState,
+};
 use tokio::sync::broadcast::error::RecvError;
 
 impl Hub {
@@ -18,6 +28,15 @@ impl Hub {
         mut stopped: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut events = self.raft.session_events();
+        // What is active now; events from here on keep it current.
+        {
+            let state = self.raft.view().read();
+            *self.active() = state
+                .sessions()
+                .filter(|s| s.state == SessionState::Active)
+                .map(|s| s.id.clone())
+                .collect();
+        }
         loop {
             let event = tokio::select! {
                 e = events.recv() => e,
@@ -25,15 +44,18 @@ impl Hub {
             };
             match event {
                 Ok(SessionEvent::Started(s)) => {
+                    self.active().insert(s.id.clone());
                     self.act(Instant::now(), |core| {
                         core.session_started(&s.id, &s.operator, &s.robot)
                     })
                     .await
                 }
-                Ok(SessionEvent::Ended(session)) => self.tear_down(&session, false).await,
-                Ok(SessionEvent::Reset) | Err(RecvError::Lagged(_)) => {
-                    self.tear_down_all_ended().await
+                Ok(SessionEvent::Ended(session)) => {
+                    self.active().remove(&session.id);
+                    self.tear_down(&session, false).await
                 }
+                Ok(SessionEvent::Revoked(entry)) => self.credential_revoked(&entry).await,
+                Ok(SessionEvent::Reset) | Err(RecvError::Lagged(_)) => self.recheck().await,
                 Err(RecvError::Closed) => return,
             }
         }
@@ -90,17 +112,76 @@ impl Hub {
         }
     }
 
-    async fn tear_down_all_ended(&self) {
-        let ended: Vec<Session> = {
+    fn active(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.known_active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes the connections that presented a revoked token id or subject. Session ids
+    /// need nothing here: the revocation ended the session, and its teardown follows.
+    async fn credential_revoked(&self, entry: &Revocation) {
+        let credential = match entry.kind {
+            RevocationKind::Token => Credential::TokenId(&entry.target),
+            RevocationKind::Operator => Credential::Subject(&entry.target),
+            RevocationKind::Session => return,
+        };
+        let mut closed = 0;
+        self.act(Instant::now(), |core| {
+            let actions = core.credential_revoked(credential, &entry.reason);
+            closed = actions
+                .iter()
+                .filter(|a| matches!(a, Action::Close(..)))
+                .count();
+            actions
+        })
+        .await;
+        if closed > 0 {
+            metrics::counter!(names::SIGNAL_CREDENTIAL_REVOKED_TOTAL).increment(closed as u64);
+            tracing::info!(kind = entry.kind.as_str(), target = %entry.target, closed, "connections of a revoked credential closed");
+        }
+    }
+
+    /// Brings the hub in line with the applied state after a snapshot install or missed
+    /// events: tears down the sessions it saw active that have ended, announces the ones
+    /// that started, and closes connections whose credential is revoked.
+    async fn recheck(&self) {
+        let (ended, started, revoked) = {
             let state = self.raft.view().read();
-            state
+            let now_active: HashSet<String> = state
                 .sessions()
-                .filter(|s| s.state != SessionState::Active)
-                .cloned()
-                .collect()
+                .filter(|s| s.state == SessionState::Active)
+                .map(|s| s.id.clone())
+                .collect();
+            let mut known = self.active();
+            let ended: Vec<Session> = known
+                .iter()
+                .filter(|id| !now_active.contains(*id))
+                .filter_map(|id| state.session(id).cloned())
+                .collect();
+            let started: Vec<Session> = now_active
+                .iter()
+                .filter(|id| !known.contains(*id))
+                .filter_map(|id| state.session(id).cloned())
+                .collect();
+            *known = now_active;
+            let revoked: Vec<Revocation> = self
+                .shell()
+                .core
+                .credentials()
+                .filter_map(|(sub, jti)| state.denial(None, Some(jti), Some(sub)).cloned())
+                .collect();
+            (ended, started, revoked)
         };
         for session in ended {
             self.tear_down(&session, true).await;
+        }
+        for s in started {
+            self.act(Instant::now(), |core| {
+                core.session_started(&s.id, &s.operator, &s.robot)
+            })
+            .await;
+        }
+        for entry in revoked {
+            self.credential_revoked(&entry).await;
         }
     }
 }

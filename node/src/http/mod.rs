@@ -18,7 +18,7 @@ mod signal;
 pub use cluster::cluster_view;
 pub use error::ApiError;
 
-use crate::auth::{Claims, Role, Verifier};
+use crate::auth::{Audience, Claims, TokenKind, Verifier};
 use crate::config::NodeConfig;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::header;
@@ -66,6 +66,49 @@ impl AppState {
     /// Commits a command through the leader and returns what applying it answered.
     pub(crate) async fn commit(&self, command: Command) -> Result<Applied, ApiError> {
         Ok(self.raft.write(command, self.write_timeout()).await?)
+    }
+
+    /// Commits `command` at most once for `request` (every retry of this write, by the Raft
+    /// layer across leader changes or by the client with the same `Idempotency-Key`, gets
+    /// the first answer) and returns that answer.
+    pub(crate) async fn commit_once(
+        &self,
+        request: RequestId,
+        command: Command,
+    ) -> Result<Applied, ApiError> {
+        let once = Command::once(request.0, tether_api::time::now_ms(), command);
+        Ok(self.commit(once).await?.into_original())
+    }
+}
+
+/// The id that makes a write idempotent: the client's `Idempotency-Key` header (retries of
+/// one intended write send the same key; keys are remembered for
+/// [`tether_store::REQUEST_RETENTION_MS`]), or a fresh one.
+pub(crate) struct RequestId(pub String);
+
+/// The header a client sets to make its retries of one write idempotent.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(IDEMPOTENCY_KEY) else {
+            return Ok(Self(format!("req_{}", uuid::Uuid::new_v4().simple())));
+        };
+        let key = value
+            .to_str()
+            .ok()
+            .filter(|k| {
+                !k.is_empty() && k.len() <= MAX_ID_LEN && k.chars().all(|c| c.is_ascii_graphic())
+            })
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "Idempotency-Key must be 1 to {MAX_ID_LEN} visible ASCII characters"
+                ))
+            })?;
+        // Namespaced, so a client's key can never collide with a generated one.
+        Ok(Self(format!("key_{key}")))
     }
 }
 
@@ -121,13 +164,22 @@ where
     }
 }
 
-/// The verified claims of a bearer token, which must have `role`.
-fn claims_with_role(parts: &Parts, state: &AppState, role: Role) -> Result<Claims, ApiError> {
-    let claims = bearer_claims(parts, &state.verifier)?;
-    if claims.role != role {
+/// The verified claims of a bearer token of one of `kinds`.
+fn claims_of_kind(
+    parts: &Parts,
+    state: &AppState,
+    kinds: &[TokenKind],
+) -> Result<Claims, ApiError> {
+    let claims = bearer_claims(parts, state)?;
+    if !claims.kind().is_some_and(|k| kinds.contains(&k)) {
+        let wanted = kinds
+            .iter()
+            .map(|k| format!("{k:?}").to_lowercase())
+            .collect::<Vec<_>>()
+            .join(" or ");
         return Err(ApiError::new(
             ErrorCode::Forbidden,
-            format!("this needs an {role:?} token").to_lowercase(),
+            format!("this needs an {wanted} token"),
         ));
     }
     Ok(claims)
@@ -140,22 +192,44 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        claims_with_role(parts, state, Role::Admin).map(Self)
+        claims_of_kind(parts, state, &[TokenKind::Admin]).map(Self)
     }
 }
 
-/// The verified claims of an operator token (a plain one or a session token).
+/// The verified claims of an operator's login token (never a session token: see
+/// [`bearer_claims`]).
 pub(crate) struct Operator(pub Claims);
 
 impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        claims_with_role(parts, state, Role::Operator).map(Self)
+        claims_of_kind(parts, state, &[TokenKind::Login]).map(Self)
     }
 }
 
-fn bearer_claims(parts: &Parts, verifier: &Verifier) -> Result<Claims, ApiError> {
+/// The claims of the request's bearer token, if it may use the HTTP API at all: verified,
+/// of the api audience (a session token authenticates one session on `/v1/signal` and on
+/// the robot's channel, a robot token only its robot's connection), and not revoked by its
+/// id, its session or its subject — from the applied state, with no I/O (S1).
+fn bearer_claims(parts: &Parts, state: &AppState) -> Result<Claims, ApiError> {
+    let claims = verified_bearer(parts, &state.verifier)?;
+    if claims.aud != Audience::Api {
+        return Err(ApiError::new(
+            ErrorCode::WrongAudience,
+            "this token is not for the HTTP API: use an admin or operator login token",
+        ));
+    }
+    if let Some(r) = crate::auth::denial(&state.raft.view().read(), &claims) {
+        return Err(ApiError::new(
+            ErrorCode::CredentialRevoked,
+            format!("this token is revoked ({}): {}", r.kind.as_str(), r.reason),
+        ));
+    }
+    Ok(claims)
+}
+
+fn verified_bearer(parts: &Parts, verifier: &Verifier) -> Result<Claims, ApiError> {
     let header = parts
         .headers
         .get(header::AUTHORIZATION)

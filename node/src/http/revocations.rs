@@ -1,7 +1,7 @@
 //! `/v1/revocations`: revoke a session, a token or an operator (idempotent, answered after
 //! commit), list them page by page, lift an operator revocation.
 
-use super::{check_id, Admin, ApiError, ApiJson, AppState, MAX_PAGE, MAX_REASON_LEN};
+use super::{check_id, Admin, ApiError, ApiJson, AppState, RequestId, MAX_PAGE, MAX_REASON_LEN};
 use crate::auth::Claims;
 use axum::extract::{Path, Query, State};
 use axum::Json;
@@ -10,12 +10,24 @@ use tether_api::time::{now_ms, parse_rfc3339, UnixMillis};
 use tether_api::types::{ListQuery, ListResponse, RevocationView, RevokeRequest, RevokeResponse};
 use tether_store::{Command, Response as Applied, RevocationKind};
 
+/// How long revocations last when the request does not say.
+#[derive(Clone, Copy, Debug)]
+struct Lifetimes {
+    /// A session or token revocation without `expires_at` lasts this long (at least
+    /// `token_max_ttl_s`).
+    default_ttl_s: u64,
+    /// The longest a token may live (`auth.max_token_ttl_s`): a session or token revocation
+    /// never expires before every token it could match has (one that did would revive it).
+    token_max_ttl_s: u64,
+}
+
 /// Validates a revocation request into the command to commit. A session or token
-/// revocation without `expires_at` lasts `default_ttl_s`; an operator one until lifted.
+/// revocation lasts until `expires_at` or `default_ttl_s`, but never less than the longest
+/// token lifetime; an operator one lasts until lifted (or `expires_at`).
 fn into_command(
     request: RevokeRequest,
     admin: &Claims,
-    default_ttl_s: u64,
+    lifetimes: Lifetimes,
     now: UnixMillis,
 ) -> Result<Command, ApiError> {
     let targets = [
@@ -59,7 +71,15 @@ fn into_command(
         // A session or token revocation outlives any token it could match; an operator
         // revocation lasts until lifted.
         None if kind == RevocationKind::Operator => None,
-        None => Some(now + default_ttl_s * 1000),
+        None => Some(now + lifetimes.default_ttl_s * 1000),
+    };
+    // Leeway: the verifier accepts tokens a few seconds past `exp`.
+    let outlives_tokens = now + (lifetimes.token_max_ttl_s + 60) * 1000;
+    let expires_at = match kind {
+        RevocationKind::Operator => expires_at,
+        RevocationKind::Session | RevocationKind::Token => {
+            expires_at.map(|at| at.max(outlives_tokens))
+        }
     };
     Ok(Command::Revoke {
         kind,
@@ -74,16 +94,16 @@ fn into_command(
 pub(super) async fn revoke(
     State(state): State<AppState>,
     Admin(admin): Admin,
+    request: RequestId,
     ApiJson(body): ApiJson<RevokeRequest>,
 ) -> Result<Json<RevokeResponse>, ApiError> {
-    let command = into_command(
-        body,
-        &admin,
-        state.config.http.default_revocation_ttl_s,
-        now_ms(),
-    )?;
+    let lifetimes = Lifetimes {
+        default_ttl_s: state.config.http.default_revocation_ttl_s,
+        token_max_ttl_s: state.verifier.max_ttl().as_secs(),
+    };
+    let command = into_command(body, &admin, lifetimes, now_ms())?;
     let started = Instant::now();
-    let applied = state.commit(command).await?;
+    let applied = state.commit_once(request, command).await?;
     metrics::histogram!(crate::telemetry::names::REVOCATION_COMMIT_SECONDS)
         .record(started.elapsed().as_secs_f64());
     match applied {
@@ -153,6 +173,7 @@ pub(super) async fn list(
 pub(super) async fn lift_operator(
     State(state): State<AppState>,
     Admin(admin): Admin,
+    request: RequestId,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Path(operator) = path?;
@@ -161,7 +182,7 @@ pub(super) async fn lift_operator(
         operator: operator.clone(),
         lifted_by: admin.sub.clone(),
     };
-    let applied = state.commit(command).await?;
+    let applied = state.commit_once(request, command).await?;
     match applied {
         Applied::Lifted(Some(entry)) => {
             tracing::info!(%operator, by = %admin.sub, "operator revocation lifted");
@@ -186,6 +207,12 @@ mod tests {
 
     const NOW: UnixMillis = 1_764_000_000_000;
 
+    /// A day's default, tokens of at most an hour.
+    const LIFETIMES: Lifetimes = Lifetimes {
+        default_ttl_s: 86_400,
+        token_max_ttl_s: 3600,
+    };
+
     fn admin() -> Claims {
         Claims::new("ada", Role::Admin, Duration::from_secs(60))
     }
@@ -200,7 +227,7 @@ mod tests {
     }
 
     fn refused(r: RevokeRequest) -> String {
-        let e = into_command(r, &admin(), 3600, NOW).expect_err("refused");
+        let e = into_command(r, &admin(), LIFETIMES, NOW).expect_err("refused");
         assert_eq!(e.code(), ErrorCode::InvalidRequest);
         format!("{e:?}")
     }
@@ -232,13 +259,13 @@ mod tests {
 
     #[test]
     fn expiry_defaults_by_kind_and_must_lie_ahead() {
-        let command = |r| into_command(r, &admin(), 3600, NOW).expect("valid");
+        let command = |r| into_command(r, &admin(), LIFETIMES, NOW).expect("valid");
         let expires = |c: Command| match c {
             Command::Revoke { expires_at, .. } => expires_at,
             other => panic!("{other:?}"),
         };
         let session = command(request(|r| r.session_id = Some("s".into())));
-        assert_eq!(expires(session), Some(NOW + 3_600_000));
+        assert_eq!(expires(session), Some(NOW + 86_400_000));
         let operator = command(request(|r| r.operator = Some("o".into())));
         assert_eq!(expires(operator), None, "until lifted");
         let at = command(request(|r| {
@@ -266,7 +293,10 @@ mod tests {
                 r.reason = "  lost  ".into();
             }),
             &admin(),
-            10,
+            Lifetimes {
+                default_ttl_s: 7200,
+                token_max_ttl_s: 10,
+            },
             NOW,
         )
         .unwrap();
@@ -278,8 +308,39 @@ mod tests {
                 reason: "lost".into(),
                 revoked_by: "ada".into(),
                 at: NOW,
-                expires_at: Some(NOW + 10_000),
+                expires_at: Some(NOW + 7_200_000),
             }
+        );
+    }
+
+    /// A token revocation that expired before the token would revive it (issue 9).
+    #[test]
+    fn a_session_or_token_revocation_outlives_every_token_it_could_match() {
+        let short = Lifetimes {
+            default_ttl_s: 60,
+            token_max_ttl_s: 3600,
+        };
+        let expires = |r| match into_command(r, &admin(), short, NOW).expect("valid") {
+            Command::Revoke { expires_at, .. } => expires_at,
+            other => panic!("{other:?}"),
+        };
+        let floor = NOW + (3600 + 60) * 1000;
+        assert_eq!(expires(request(|r| r.jti = Some("j".into()))), Some(floor));
+        assert_eq!(
+            expires(request(|r| {
+                r.session_id = Some("s".into());
+                r.expires_at = Some("2025-11-24T16:01:00Z".into()); // NOW + 60 s
+            })),
+            Some(floor),
+            "an explicit expiry before the tokens' is raised"
+        );
+        assert_eq!(
+            expires(request(|r| {
+                r.operator = Some("o".into());
+                r.expires_at = Some("2025-11-24T16:01:00Z".into());
+            })),
+            Some(NOW + 60_000),
+            "an operator revocation keeps what was asked"
         );
     }
 }

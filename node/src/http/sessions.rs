@@ -1,7 +1,7 @@
 //! Sessions over HTTP: create (with a session token), end by their own operator (seed 002),
 //! refresh the token, list.
 
-use super::{bearer_claims, check_id, ApiError, ApiJson, AppState, Operator};
+use super::{bearer_claims, check_id, ApiError, ApiJson, AppState, Operator, RequestId};
 use crate::auth::{Claims, Role};
 use axum::extract::{Path, State};
 use axum::http::request::Parts;
@@ -25,14 +25,13 @@ fn mint(state: &AppState, session: &Session) -> Result<SessionToken, ApiError> {
         .minter
         .as_ref()
         .ok_or_else(|| ApiError::internal("this node has no signing key (auth.private_key)"))?;
-    let mut claims = Claims::new(
+    let claims = Claims::session(
         &session.operator,
-        Role::Operator,
+        &session.id,
+        &session.robot,
+        &session.token_id,
         Duration::from_secs(state.config.sessions.token_ttl_s),
     );
-    claims.jti = session.token_id.clone();
-    claims.sid = Some(session.id.clone());
-    claims.robot = Some(session.robot.clone());
     Ok(SessionToken {
         session_id: session.id.clone(),
         token: minter.mint(&claims)?,
@@ -40,10 +39,13 @@ fn mint(state: &AppState, session: &Session) -> Result<SessionToken, ApiError> {
     })
 }
 
-/// `POST /v1/sessions`: policy, one controlling session per robot, a session token.
+/// `POST /v1/sessions`: policy, one controlling session per robot, a session token. The
+/// state machine checks the operator and the login token against revocations when it
+/// applies the start, so a start is as linearizable as a join (S2).
 pub(super) async fn create(
     State(state): State<AppState>,
     Operator(op): Operator,
+    request: RequestId,
     ApiJson(body): ApiJson<CreateSession>,
 ) -> Result<Json<SessionToken>, ApiError> {
     check_id("robot_id", &body.robot_id)?;
@@ -58,10 +60,11 @@ pub(super) async fn create(
         operator: op.sub.clone(),
         robot: body.robot_id,
         token_id: uuid::Uuid::new_v4().to_string(),
+        login_token_id: Some(op.jti.clone()),
         node: state.raft.id(),
         at: now_ms(),
     };
-    match state.commit(command).await? {
+    match state.commit_once(request, command).await? {
         Applied::SessionStarted(session) => {
             tracing::info!(session_id = %session.id, operator = %session.operator, robot = %session.robot, "session started");
             Ok(Json(mint(&state, &session)?))
@@ -77,6 +80,7 @@ pub(super) async fn create(
 pub(super) async fn terminate(
     State(state): State<AppState>,
     Operator(op): Operator,
+    request: RequestId,
     Path(sid): Path<String>,
 ) -> Result<Json<SessionEnded>, ApiError> {
     let command = Command::EndSession {
@@ -84,7 +88,7 @@ pub(super) async fn terminate(
         operator: op.sub.clone(),
         at: now_ms(),
     };
-    match state.commit(command).await? {
+    match state.commit_once(request, command).await? {
         Applied::SessionEnded(s) => {
             let ended = s.ended_at.unwrap_or(s.created_at);
             Ok(Json(SessionEnded {
@@ -101,7 +105,10 @@ pub(super) async fn terminate(
     }
 }
 
-/// `POST /v1/sessions/{sid}/refresh`: a fresh token while the session is active.
+/// `POST /v1/sessions/{sid}/refresh`: a fresh token while the session is active. Like a
+/// join (S2): decided after a read barrier, on state that includes every revocation
+/// acknowledged before the request — of the session, its token, the operator or the login
+/// token that asks.
 pub(super) async fn refresh(
     State(state): State<AppState>,
     Operator(op): Operator,
@@ -113,7 +120,17 @@ pub(super) async fn refresh(
             state.config.sessions.admission_timeout_ms,
         ))
         .await?;
-    let session = state.raft.view().read().session(&sid).cloned();
+    let (session, denied) = {
+        let view = state.raft.view().read();
+        let denied = crate::auth::denial(&view, &op).cloned();
+        (view.session(&sid).cloned(), denied)
+    };
+    if let Some(r) = denied {
+        return Err(ApiError::new(
+            ErrorCode::CredentialRevoked,
+            format!("this token is revoked ({}): {}", r.kind.as_str(), r.reason),
+        ));
+    }
     match session {
         None => Err(refused("session_not_found", format!("no session {sid}"))),
         Some(s) if s.operator != op.sub => Err(refused(
@@ -124,6 +141,19 @@ pub(super) async fn refresh(
             "session_already_terminated",
             format!("session {sid} has ended"),
         )),
+        Some(s)
+            if state
+                .raft
+                .view()
+                .read()
+                .denial(Some(&s.id), Some(&s.token_id), None)
+                .is_some() =>
+        {
+            Err(refused(
+                "session_already_terminated",
+                format!("session {sid} is revoked"),
+            ))
+        }
         Some(s) => Ok(Json(mint(&state, &s)?)),
     }
 }
@@ -133,10 +163,11 @@ pub(super) async fn list(
     State(state): State<AppState>,
     parts: Parts,
 ) -> Result<Json<SessionList>, ApiError> {
-    let claims = bearer_claims(&parts, &state.verifier)?;
+    let claims = bearer_claims(&parts, &state)?;
     let owner = match claims.role {
         Role::Admin => None,
         Role::Operator => Some(claims.sub),
+        // A robot token never gets past `bearer_claims` (its audience is the robot's link).
         Role::Robot => {
             return Err(ApiError::new(
                 ErrorCode::Forbidden,

@@ -9,6 +9,7 @@
 //! relay to another node), the core returns a step saying what to ask, and the shell calls
 //! back with the result.
 
+mod credentials;
 mod teardown;
 #[cfg(test)]
 mod tests;
@@ -16,11 +17,11 @@ mod types;
 
 pub use teardown::EndedSession;
 pub use types::{
-    Action, CoreCounts, FrameStep, Identity, JoinRequest, JoinStep, RelayPath, RelayStep,
+    Action, CoreCounts, Credential, FrameStep, Identity, JoinRequest, JoinStep, RelayPath,
+    RelayStep, Welcome,
 };
 
 use crate::codes::{AuditEvent, CloseCode, ErrorCode};
-use crate::lease::LeaseSchedule;
 use crate::mesh::{NodeSignal, SignalAnswer};
 use crate::protocol::{error_frame, ClientFrame, RelayFrame, ServerFrame};
 use crate::rooms::{ConnId, Left, Location, NodeId, Rooms, Side};
@@ -34,7 +35,14 @@ pub struct HubCore {
     rooms: Rooms,
     conns: BTreeMap<ConnId, Identity>,
     robots: BTreeMap<String, ConnId>,
+    /// Sessions recently torn down (here or on a node that said so), oldest first: a late
+    /// presence for one of them must not recreate its room.
+    ended: std::collections::VecDeque<String>,
+    ended_set: std::collections::HashSet<String>,
 }
+
+/// How many ended sessions the core remembers (the shell also checks the replicated state).
+const ENDED_REMEMBERED: usize = 4096;
 
 impl HubCore {
     /// An empty hub.
@@ -56,28 +64,31 @@ impl HubCore {
         ]
     }
 
-    /// A connection authenticated as `identity`: `auth_ok`, registration, and for a robot
-    /// with an active session (`assigned_session`, looked up by the shell)
-    /// `session_assigned`. A new connection of a robot already connected takes over the
-    /// robot's leases and session notices; the older one stays open.
+    /// A connection authenticated as `identity`: `auth_ok` (with the token's remaining
+    /// lifetime and, for a robot, its last session), registration, and for a robot with an
+    /// active session (looked up by the shell) `session_assigned`. A new connection of a
+    /// robot already connected takes over the robot's leases and session notices; the older
+    /// one stays open.
     pub fn authenticated(
         &mut self,
         conn: ConnId,
         identity: Identity,
-        assigned_session: Option<String>,
+        welcome: Welcome,
     ) -> Vec<Action> {
         let mut actions = vec![Action::Send(
             conn,
             ServerFrame::AuthOk {
                 role: identity.role().into(),
                 subject: identity.subject().into(),
+                expires_in_ms: welcome.expires_in_ms,
+                last_session: welcome.last_session,
             },
         )];
-        if let Identity::Robot { robot_id } = &identity {
+        if let Identity::Robot { robot_id, .. } = &identity {
             self.robots.insert(robot_id.clone(), conn);
         }
         self.conns.insert(conn, identity);
-        if let Some(session_id) = assigned_session {
+        if let Some(session_id) = welcome.assigned_session {
             actions.push(Action::Send(
                 conn,
                 ServerFrame::SessionAssigned { session_id },
@@ -93,10 +104,15 @@ impl HubCore {
             RelayStep::Forward { node, signal } => FrameStep::Forward { node, signal },
         };
         match frame {
+            // A fresh token is verified by the shell, which calls `reauthenticated`; an
+            // `auth` that reaches the core is one the shell did not take.
             ClientFrame::Auth { .. } => FrameStep::Done(vec![Action::Send(
                 conn,
                 error_frame(ErrorCode::AlreadyAuthenticated, "auth comes once"),
             )]),
+            ClientFrame::LeaseRequest { session_id, nonce } => {
+                self.lease_requested(conn, session_id, nonce)
+            }
             ClientFrame::Ping => FrameStep::Done(vec![Action::Send(conn, ServerFrame::Pong)]),
             ClientFrame::Offer { sdp } => relay(RelayFrame::Offer { sdp }),
             ClientFrame::Answer { sdp } => relay(RelayFrame::Answer { sdp }),
@@ -283,6 +299,21 @@ impl HubCore {
             NodeSignal::Presence {
                 session_id,
                 side,
+                joined: true,
+            } if self.has_ended(&session_id) => {
+                let _ = side;
+                (SignalAnswer::default(), Vec::new())
+            }
+            NodeSignal::Ended { session_id } => {
+                for side in [Side::Operator, Side::Robot] {
+                    let _ = self.rooms.remote_left(&session_id, side, from);
+                }
+                self.remember_ended(&session_id);
+                (SignalAnswer::default(), Vec::new())
+            }
+            NodeSignal::Presence {
+                session_id,
+                side,
                 joined,
             } => {
                 let mut actions = Vec::new();
@@ -362,7 +393,7 @@ impl HubCore {
 
     /// `conn`'s socket closed: it is forgotten, and its peer told.
     pub fn disconnected(&mut self, conn: ConnId) -> Vec<Action> {
-        if let Some(Identity::Robot { robot_id }) = self.conns.remove(&conn) {
+        if let Some(Identity::Robot { robot_id, .. }) = self.conns.remove(&conn) {
             if self.robots.get(&robot_id) == Some(&conn) {
                 self.robots.remove(&robot_id);
             }
@@ -370,8 +401,21 @@ impl HubCore {
         self.leave(conn)
     }
 
-    /// Node `node` left the cluster or was declared dead: its peers' rooms forget it, and
-    /// their local peers hear `peer_left`. (The gateway does not call this yet.)
+    /// The cluster's other members are now `members`: the rooms forget every node that is
+    /// not among them (removed from the cluster), and their local peers hear `peer_left`.
+    pub fn members_now(&mut self, members: &[NodeId]) -> Vec<Action> {
+        let gone: Vec<NodeId> = self
+            .rooms
+            .remote_nodes()
+            .into_iter()
+            .filter(|n| !members.contains(n))
+            .collect();
+        gone.into_iter().flat_map(|n| self.node_gone(n)).collect()
+    }
+
+    /// Node `node` left the cluster or was declared dead (the shell calls this when it is
+    /// no longer a member, or after repeated relays to it failed): its peers' rooms forget
+    /// it, and their local peers hear `peer_left`.
     pub fn node_gone(&mut self, node: NodeId) -> Vec<Action> {
         self.rooms
             .forget_node(node)
@@ -399,28 +443,32 @@ impl HubCore {
         actions
     }
 
-    /// The robots whose lease group is due (`due` from [`LeaseSchedule::due`]), with their
-    /// connection, by robot id. The shell checks the quorum, looks up each robot's active
-    /// session and sends `lease` frames to those that have one.
-    pub fn lease_candidates(
-        &self,
-        due: &[bool],
-        schedule: &LeaseSchedule,
-    ) -> Vec<(ConnId, String)> {
-        self.robots
-            .iter()
-            .filter(|(_, c)| {
-                due.get(schedule.group_of(**c) as usize)
-                    .copied()
-                    .unwrap_or(false)
-            })
-            .map(|(r, c)| (*c, r.clone()))
-            .collect()
+    /// Whether `session_id` was torn down recently (see [`ENDED_REMEMBERED`]).
+    pub fn has_ended(&self, session_id: &str) -> bool {
+        self.ended_set.contains(session_id)
+    }
+
+    fn remember_ended(&mut self, session_id: &str) {
+        if !self.ended_set.insert(session_id.to_owned()) {
+            return;
+        }
+        self.ended.push_back(session_id.to_owned());
+        if self.ended.len() > ENDED_REMEMBERED {
+            if let Some(oldest) = self.ended.pop_front() {
+                self.ended_set.remove(&oldest);
+            }
+        }
     }
 
     /// Who is on `conn`, if it is authenticated and not torn down.
     pub fn identity(&self, conn: ConnId) -> Option<&Identity> {
         self.conns.get(&conn)
+    }
+
+    /// Every authenticated connection's subject and token id, for a re-check against
+    /// revocations (after a snapshot install).
+    pub fn credentials(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.conns.values().map(|i| (i.subject(), i.token_id()))
     }
 
     /// The connection that gets `robot_id`'s leases and session notices.

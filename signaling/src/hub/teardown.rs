@@ -3,7 +3,9 @@
 
 use super::{Action, HubCore, Identity};
 use crate::codes::{AuditEvent, CloseCode};
+use crate::mesh::NodeSignal;
 use crate::protocol::ServerFrame;
+use crate::rooms::Side;
 
 /// An ended session, as the shell read it from the replicated state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,13 +61,17 @@ impl HubCore {
             };
             (frame, CloseCode::Terminated)
         };
+        let local_sides: Vec<_> = [Side::Operator, Side::Robot]
+            .into_iter()
+            .filter(|side| self.rooms.local(&session.id, *side).is_some())
+            .collect();
         let mut targets = self.rooms.close_session(&session.id);
         for (id, identity) in &self.conns {
             let holds = match identity {
                 Identity::Operator { session_id, .. } => {
                     session_id.as_deref() == Some(session.id.as_str())
                 }
-                Identity::Robot { robot_id } => {
+                Identity::Robot { robot_id, .. } => {
                     *robot_id == session.robot && !session.robot_moved_on
                 }
                 Identity::Watcher { .. } => false,
@@ -129,6 +135,14 @@ impl HubCore {
             session_id: session.id.clone(),
             detail: serde_json::json!({ "connections": targets.len() }),
         });
+        // The other nodes tear down on their own when they apply the end; telling them now
+        // covers one that lags (its room would otherwise keep this node's members).
+        if !local_sides.is_empty() {
+            actions.push(Action::Broadcast(NodeSignal::Ended {
+                session_id: session.id.clone(),
+            }));
+        }
+        self.remember_ended(&session.id);
         actions
     }
 }

@@ -3,6 +3,7 @@
 //! Long file: exhaustive tests of every decision, each short and independent.
 
 use super::*;
+use crate::lease::LeaseAsk;
 use serde_json::json;
 
 fn operator(subject: &str, sid: Option<&str>) -> Identity {
@@ -16,12 +17,21 @@ fn operator(subject: &str, sid: Option<&str>) -> Identity {
 fn robot(id: &str) -> Identity {
     Identity::Robot {
         robot_id: id.into(),
+        token_id: format!("jti-{id}"),
     }
 }
 
 fn watcher() -> Identity {
     Identity::Watcher {
         subject: "admin".into(),
+        token_id: "jti-admin".into(),
+    }
+}
+
+fn assigned(session_id: impl Into<String>) -> Welcome {
+    Welcome {
+        assigned_session: Some(session_id.into()),
+        ..Welcome::default()
     }
 }
 
@@ -87,8 +97,8 @@ fn join_alone(hub: &mut HubCore, conn: ConnId, sid: &str) -> Vec<Action> {
 /// A hub with operator 1 and robot 2 of session `s` joined, both here.
 fn paired() -> HubCore {
     let mut hub = HubCore::new();
-    hub.authenticated(1, operator("olga", Some("s")), None);
-    hub.authenticated(2, robot("r1"), Some("s".into()));
+    hub.authenticated(1, operator("olga", Some("s")), Welcome::default());
+    hub.authenticated(2, robot("r1"), assigned("s"));
     join_alone(&mut hub, 1, "s");
     join_alone(&mut hub, 2, "s");
     hub
@@ -164,23 +174,27 @@ fn zero() -> CoreCounts {
 fn auth_ok_names_the_role_and_subject_and_a_robot_hears_of_its_active_session() {
     let mut hub = HubCore::new();
     assert_eq!(
-        hub.authenticated(1, operator("olga", Some("s")), None),
+        hub.authenticated(1, operator("olga", Some("s")), Welcome::default()),
         vec![Action::Send(
             1,
             ServerFrame::AuthOk {
                 role: "operator".into(),
-                subject: "olga".into()
+                subject: "olga".into(),
+                expires_in_ms: 0,
+                last_session: None,
             }
         )]
     );
     assert_eq!(
-        hub.authenticated(2, robot("r1"), Some("s".into())),
+        hub.authenticated(2, robot("r1"), assigned("s")),
         vec![
             Action::Send(
                 2,
                 ServerFrame::AuthOk {
                     role: "robot".into(),
-                    subject: "r1".into()
+                    subject: "r1".into(),
+                    expires_in_ms: 0,
+                    last_session: None,
                 }
             ),
             Action::Send(
@@ -192,12 +206,14 @@ fn auth_ok_names_the_role_and_subject_and_a_robot_hears_of_its_active_session() 
         ]
     );
     assert_eq!(
-        hub.authenticated(3, watcher(), None),
+        hub.authenticated(3, watcher(), Welcome::default()),
         vec![Action::Send(
             3,
             ServerFrame::AuthOk {
                 role: "watcher".into(),
-                subject: "admin".into()
+                subject: "admin".into(),
+                expires_in_ms: 0,
+                last_session: None,
             }
         )]
     );
@@ -237,8 +253,8 @@ fn a_refused_auth_is_an_error_then_a_close() {
 #[test]
 fn a_newer_robot_connection_takes_over_the_robot_and_the_older_stays_open() {
     let mut hub = HubCore::new();
-    hub.authenticated(1, robot("r1"), None);
-    let actions = hub.authenticated(2, robot("r1"), None);
+    hub.authenticated(1, robot("r1"), Welcome::default());
+    let actions = hub.authenticated(2, robot("r1"), Welcome::default());
     assert!(!actions.iter().any(|a| matches!(a, Action::Close(..))));
     assert_eq!(hub.robot_conn("r1"), Some(2));
     assert_eq!(hub.counts().connections, 2);
@@ -263,8 +279,8 @@ fn a_newer_robot_connection_takes_over_the_robot_and_the_older_stays_open() {
 #[test]
 fn frames_are_dispatched_to_their_step() {
     let mut hub = HubCore::new();
-    hub.authenticated(1, operator("olga", Some("s")), None);
-    hub.authenticated(3, watcher(), None);
+    hub.authenticated(1, operator("olga", Some("s")), Welcome::default());
+    hub.authenticated(3, watcher(), Welcome::default());
     assert_eq!(
         hub.frame(1, ClientFrame::Auth { token: "t".into() }),
         FrameStep::Done(vec![err(1, "already_authenticated", "auth comes once")])
@@ -358,8 +374,8 @@ fn relayed_client_frames_keep_their_fields() {
 #[test]
 fn two_local_peers_join_and_find_each_other() {
     let mut hub = HubCore::new();
-    hub.authenticated(1, operator("olga", Some("s")), None);
-    hub.authenticated(2, robot("r1"), None);
+    hub.authenticated(1, operator("olga", Some("s")), Welcome::default());
+    hub.authenticated(2, robot("r1"), Welcome::default());
     let step = hub.join_admitted(1, "s");
     assert_eq!(
         step,
@@ -415,7 +431,7 @@ fn a_denied_join_is_audited_with_its_side_then_refused() {
 #[test]
 fn a_rejoin_on_the_same_side_closes_the_older_connection() {
     let mut hub = paired();
-    hub.authenticated(3, robot("r1"), None);
+    hub.authenticated(3, robot("r1"), Welcome::default());
     let step = hub.join_admitted(3, "s");
     assert_eq!(
         step.actions,
@@ -441,7 +457,7 @@ fn a_rejoin_on_the_same_side_closes_the_older_connection() {
 #[test]
 fn joining_another_room_tells_the_first_rooms_peer_here_or_on_its_node() {
     let mut hub = paired();
-    hub.authenticated(5, operator("olga", None), None);
+    hub.authenticated(5, operator("olga", None), Welcome::default());
     // An operator token may only be admitted to its own session, but the core does not
     // judge: admission is the shell's. Move operator 1 to `t`.
     let step = hub.join_admitted(1, "t");
@@ -465,7 +481,7 @@ fn joining_another_room_tells_the_first_rooms_peer_here_or_on_its_node() {
 fn a_join_admitted_after_the_connection_was_torn_down_is_dropped() {
     let mut hub = HubCore::new();
     assert_eq!(hub.join_admitted(1, "s"), JoinStep::default());
-    hub.authenticated(2, watcher(), None);
+    hub.authenticated(2, watcher(), Welcome::default());
     assert_eq!(hub.join_admitted(2, "s"), JoinStep::default());
     assert_eq!(hub.presence_answers(1, "s", vec![]), vec![]);
     assert_eq!(hub.counts().rooms, 0);
@@ -474,7 +490,7 @@ fn a_join_admitted_after_the_connection_was_torn_down_is_dropped() {
 #[test]
 fn presence_answers_find_the_peer_on_the_first_node_that_has_it() {
     let mut hub = HubCore::new();
-    hub.authenticated(1, operator("olga", Some("s")), None);
+    hub.authenticated(1, operator("olga", Some("s")), Welcome::default());
     hub.join_admitted(1, "s");
     let answers = vec![
         (
@@ -519,7 +535,7 @@ fn presence_answers_find_the_peer_on_the_first_node_that_has_it() {
 #[test]
 fn presence_answers_for_a_connection_no_longer_in_that_room_do_nothing() {
     let mut hub = HubCore::new();
-    hub.authenticated(1, robot("r1"), None);
+    hub.authenticated(1, robot("r1"), Welcome::default());
     hub.join_admitted(1, "s");
     // Displaced by the same side joining on node 9 while the broadcast was out.
     let (_, actions) = hub.node_signal(9, presence("s", Side::Robot, true));
@@ -546,8 +562,8 @@ fn a_peer_that_joined_during_the_broadcast_is_seen() {
     // Robot 2 joined locally while operator 1's presence broadcast was out: the robot's
     // join saw the operator, and the operator's `joined` says the peer is present.
     let mut hub = HubCore::new();
-    hub.authenticated(1, operator("olga", Some("s")), None);
-    hub.authenticated(2, robot("r1"), None);
+    hub.authenticated(1, operator("olga", Some("s")), Welcome::default());
+    hub.authenticated(2, robot("r1"), Welcome::default());
     hub.join_admitted(1, "s");
     hub.join_admitted(2, "s");
     assert_eq!(
@@ -563,7 +579,7 @@ fn a_peer_that_joined_during_the_broadcast_is_seen() {
 #[test]
 fn relay_is_local_forwarded_or_refused() {
     let mut hub = HubCore::new();
-    hub.authenticated(1, operator("olga", Some("s")), None);
+    hub.authenticated(1, operator("olga", Some("s")), Welcome::default());
     assert_eq!(
         hub.relay(1, offer()),
         RelayStep::Done(vec![err(1, "not_joined", "join a session first")])
@@ -577,7 +593,7 @@ fn relay_is_local_forwarded_or_refused() {
             "the other peer is not connected"
         )])
     );
-    hub.authenticated(2, robot("r1"), None);
+    hub.authenticated(2, robot("r1"), Welcome::default());
     join_alone(&mut hub, 2, "s");
     assert_eq!(
         hub.relay(2, offer()),
@@ -614,7 +630,7 @@ fn relay_is_local_forwarded_or_refused() {
 #[test]
 fn remote_presence_notifies_the_local_peer_and_answers_what_is_here() {
     let mut hub = HubCore::new();
-    hub.authenticated(1, operator("olga", Some("s")), None);
+    hub.authenticated(1, operator("olga", Some("s")), Welcome::default());
     join_alone(&mut hub, 1, "s");
     let (answer, actions) = hub.node_signal(3, presence("s", Side::Robot, true));
     assert_eq!(
@@ -715,7 +731,7 @@ fn leave_and_disconnect_tell_the_peer_and_leave_nothing_behind() {
 #[test]
 fn a_dead_node_is_forgotten_and_its_peers_told() {
     let mut hub = HubCore::new();
-    hub.authenticated(1, operator("olga", Some("s")), None);
+    hub.authenticated(1, operator("olga", Some("s")), Welcome::default());
     join_alone(&mut hub, 1, "s");
     hub.node_signal(6, presence("s", Side::Robot, true));
     hub.node_signal(6, presence("other", Side::Robot, true));
@@ -740,7 +756,7 @@ fn a_session_start_is_audited_and_assigned_to_its_robot_if_here() {
         detail: json!({ "operator": "olga", "robot": "r1" }),
     };
     assert_eq!(hub.session_started("s", "olga", "r1"), vec![audit.clone()]);
-    hub.authenticated(2, robot("r1"), None);
+    hub.authenticated(2, robot("r1"), Welcome::default());
     assert_eq!(
         hub.session_started("s", "olga", "r1"),
         vec![
@@ -758,12 +774,12 @@ fn a_session_start_is_audited_and_assigned_to_its_robot_if_here() {
 #[test]
 fn teardown_closes_every_connection_of_the_session_and_tells_watchers_and_the_owner() {
     let mut hub = paired(); // 1: operator olga joined, 2: robot r1 joined.
-    hub.authenticated(3, operator("olga", Some("s")), None); // the token, not joined
-    hub.authenticated(4, watcher(), None);
-    hub.authenticated(5, operator("oscar", None), None); // r1's owner
-    hub.authenticated(6, operator("olga", Some("t")), None); // another session
-    hub.authenticated(7, robot("r2"), None);
-    hub.authenticated(8, robot("r1"), None); // a second connection of r1, not joined
+    hub.authenticated(3, operator("olga", Some("s")), Welcome::default()); // the token, not joined
+    hub.authenticated(4, watcher(), Welcome::default());
+    hub.authenticated(5, operator("oscar", None), Welcome::default()); // r1's owner
+    hub.authenticated(6, operator("olga", Some("t")), Welcome::default()); // another session
+    hub.authenticated(7, robot("r2"), Welcome::default());
+    hub.authenticated(8, robot("r1"), Welcome::default()); // a second connection of r1, not joined
     let mut s = ended("s", true);
     s.owner = Some("oscar".into());
     let actions = hub.session_ended(&s, false);
@@ -774,6 +790,7 @@ fn teardown_closes_every_connection_of_the_session_and_tells_watchers_and_the_ow
     expected.push(notice(4, &s));
     expected.push(notice(5, &s));
     expected.extend(audits(&s, AuditEvent::SessionRevoked, 4));
+    expected.extend(left_everywhere("s"));
     assert_eq!(actions, expected);
     assert_eq!(
         hub.counts(),
@@ -822,14 +839,22 @@ fn an_owner_who_is_also_a_target_gets_the_notice_before_the_close() {
     expected.extend(terminated(1));
     expected.extend(terminated(2));
     expected.extend(audits(&s, AuditEvent::SessionTerminated, 2));
+    expected.extend(left_everywhere("s"));
     assert_eq!(actions, expected);
+}
+
+/// The broadcast a teardown with members here ends with.
+fn left_everywhere(session_id: &str) -> Vec<Action> {
+    vec![Action::Broadcast(NodeSignal::Ended {
+        session_id: session_id.into(),
+    })]
 }
 
 #[test]
 fn a_quiet_teardown_with_nothing_here_does_nothing_and_a_loud_one_still_tells() {
     let mut hub = HubCore::new();
-    hub.authenticated(4, watcher(), None);
-    hub.authenticated(6, operator("olga", Some("t")), None);
+    hub.authenticated(4, watcher(), Welcome::default());
+    hub.authenticated(6, operator("olga", Some("t")), Welcome::default());
     let s = ended("s", true);
     assert_eq!(hub.session_ended(&s, true), vec![]);
     let mut expected = vec![notice(4, &s)];
@@ -843,8 +868,8 @@ fn a_re_check_of_an_old_session_leaves_a_robot_that_moved_on_to_a_new_one_alone(
     // Robot 2 is in session `t` now; `s` (the robot's previous session) is re-checked after
     // a snapshot. Before the fix the robot's connection counted as `s`'s and was closed.
     let mut hub = HubCore::new();
-    hub.authenticated(1, operator("olga", Some("t")), None);
-    hub.authenticated(2, robot("r1"), Some("t".into()));
+    hub.authenticated(1, operator("olga", Some("t")), Welcome::default());
+    hub.authenticated(2, robot("r1"), assigned("t"));
     join_alone(&mut hub, 1, "t");
     join_alone(&mut hub, 2, "t");
     let old = EndedSession {
@@ -856,7 +881,7 @@ fn a_re_check_of_an_old_session_leaves_a_robot_that_moved_on_to_a_new_one_alone(
     assert_eq!(hub.robot_conn("r1"), Some(2));
     // A robot that has not moved on is the ended session's, joined or not.
     let mut lone = HubCore::new();
-    lone.authenticated(5, robot("r1"), None);
+    lone.authenticated(5, robot("r1"), Welcome::default());
     let s = ended("s", false);
     let actions = lone.session_ended(&s, true);
     assert!(actions.contains(&Action::Close(
@@ -869,7 +894,7 @@ fn a_re_check_of_an_old_session_leaves_a_robot_that_moved_on_to_a_new_one_alone(
 #[test]
 fn a_quiet_teardown_with_a_connection_here_is_a_full_one() {
     let mut hub = HubCore::new();
-    hub.authenticated(3, operator("olga", Some("s")), None);
+    hub.authenticated(3, operator("olga", Some("s")), Welcome::default());
     let s = ended("s", true);
     let mut expected = revoked_then_closed(3, &s).to_vec();
     expected.extend(audits(&s, AuditEvent::SessionRevoked, 1));
@@ -881,14 +906,14 @@ fn a_quiet_teardown_with_a_connection_here_is_a_full_one() {
 #[test]
 fn teardown_forgets_the_remote_side_too_and_a_duration_never_goes_negative() {
     let mut hub = HubCore::new();
-    hub.authenticated(1, operator("olga", Some("s")), None);
+    hub.authenticated(1, operator("olga", Some("s")), Welcome::default());
     join_alone(&mut hub, 1, "s");
     hub.node_signal(6, presence("s", Side::Robot, true));
     // A room only known from another node's presence goes too.
     hub.node_signal(6, presence("s2", Side::Robot, true));
     let mut s = ended("s", false);
     s.ended_at_ms = 0;
-    hub.authenticated(4, watcher(), None);
+    hub.authenticated(4, watcher(), Welcome::default());
     let actions = hub.session_ended(&s, false);
     assert!(actions.contains(&Action::Send(
         4,
@@ -917,33 +942,6 @@ fn teardown_forgets_the_remote_side_too_and_a_duration_never_goes_negative() {
 }
 
 #[test]
-fn lease_candidates_are_the_robots_of_the_due_groups() {
-    let schedule = LeaseSchedule::new(128); // 8 groups
-    let mut hub = HubCore::new();
-    for conn in 1..=40 {
-        hub.authenticated(conn, robot(&format!("r{conn:02}")), None);
-    }
-    hub.authenticated(41, operator("olga", Some("s")), None);
-    let all = vec![true; 8];
-    let every = hub.lease_candidates(&all, &schedule);
-    assert_eq!(every.len(), 40);
-    assert_eq!(every[0], (1, "r01".to_owned()), "by robot id");
-    let mut seen = 0;
-    for g in 0..8 {
-        let mut due = vec![false; 8];
-        due[g] = true;
-        let some = hub.lease_candidates(&due, &schedule);
-        assert!(some.iter().all(|(c, _)| schedule.group_of(*c) == g as u64));
-        seen += some.len();
-    }
-    assert_eq!(seen, 40, "each robot in exactly one group");
-    assert!(hub.lease_candidates(&[false; 8], &schedule).is_empty());
-    assert!(hub.lease_candidates(&[], &schedule).is_empty());
-    hub.disconnected(1);
-    assert_eq!(hub.lease_candidates(&all, &schedule).len(), 39);
-}
-
-#[test]
 fn relay_paths_have_their_metric_labels() {
     assert_eq!(RelayPath::Local.as_str(), "local");
     assert_eq!(RelayPath::FromPeerNode.as_str(), "from_peer_node");
@@ -957,8 +955,8 @@ fn counts_return_to_zero_after_a_busy_life() {
         let sid = format!("s{}", round % 3);
         let (o, r) = (next + 1, next + 2);
         next += 2;
-        hub.authenticated(o, operator("olga", Some(&sid)), None);
-        hub.authenticated(r, robot("r1"), None);
+        hub.authenticated(o, operator("olga", Some(&sid)), Welcome::default());
+        hub.authenticated(r, robot("r1"), Welcome::default());
         join_alone(&mut hub, o, &sid);
         join_alone(&mut hub, r, &sid);
         hub.node_signal(round % 4, presence(&sid, Side::Robot, round % 2 == 0));
@@ -984,4 +982,248 @@ fn counts_return_to_zero_after_a_busy_life() {
         hub.node_gone(node);
     }
     assert_eq!(hub.counts(), zero());
+}
+
+// Credentials on open connections, leases, and rooms that must not outlive their session.
+
+#[test]
+fn a_fresh_token_of_the_same_principal_extends_the_connection_and_another_is_refused() {
+    let mut hub = paired();
+    let mut fresh = robot("r1");
+    if let Identity::Robot { token_id, .. } = &mut fresh {
+        *token_id = "jti-new".into();
+    }
+    let (taken, actions) = hub.reauthenticated(2, fresh.clone(), 60_000);
+    assert!(taken);
+    assert_eq!(
+        actions,
+        vec![Action::Send(
+            2,
+            ServerFrame::AuthOk {
+                role: "robot".into(),
+                subject: "r1".into(),
+                expires_in_ms: 60_000,
+                last_session: None,
+            }
+        )]
+    );
+    assert_eq!(hub.identity(2), Some(&fresh));
+    // Another robot's token, or an operator token for another session, is refused.
+    let (taken, actions) = hub.reauthenticated(2, robot("r2"), 1);
+    assert!(!taken);
+    assert!(
+        matches!(&actions[..], [Action::Send(2, ServerFrame::Error { code, .. })] if code == "reauth_mismatch")
+    );
+    let (taken, _) = hub.reauthenticated(1, operator("olga", Some("t")), 1);
+    assert!(!taken);
+    assert_eq!(hub.identity(2), Some(&fresh), "the old identity stays");
+}
+
+#[test]
+fn an_expired_token_closes_its_connection_and_the_peer_hears_it_left() {
+    let mut hub = paired();
+    let actions = hub.token_expired(2);
+    assert!(
+        matches!(&actions[0], Action::Send(2, ServerFrame::Error { code, .. }) if code == "token_expired")
+    );
+    assert!(matches!(
+        &actions[1],
+        Action::Close(2, CloseCode::TokenExpired, _)
+    ));
+    assert!(actions.contains(&Action::Send(
+        1,
+        ServerFrame::PeerLeft {
+            session_id: "s".into()
+        }
+    )));
+    assert_eq!(hub.identity(2), None);
+    assert!(hub.token_expired(2).is_empty(), "once");
+}
+
+#[test]
+fn a_revoked_credential_closes_robots_watchers_and_owners_but_leaves_sessions_to_teardown() {
+    let mut hub = paired();
+    hub.authenticated(4, watcher(), Welcome::default());
+    hub.authenticated(5, operator("olga", None), Welcome::default()); // olga's login token
+                                                                      // The robot's token id.
+    let actions = hub.credential_revoked(Credential::TokenId("jti-r1"), "lost robot");
+    assert_eq!(
+        actions[..2],
+        [
+            err(2, "credential_revoked", "lost robot"),
+            Action::Close(2, CloseCode::CredentialRevoked, "lost robot".into()),
+        ]
+    );
+    assert!(actions.contains(&Action::Send(
+        1,
+        ServerFrame::PeerLeft {
+            session_id: "s".into()
+        }
+    )));
+    assert_eq!(hub.robot_conn("r1"), None);
+    // The subject olga: her login connection closes; her session connection (1) is the
+    // session teardown's (the same revocation ends her sessions).
+    let actions = hub.credential_revoked(Credential::Subject("olga"), "fired");
+    let closed: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Close(c, code, _) => Some((*c, *code)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, vec![(5, CloseCode::CredentialRevoked)]);
+    assert!(hub.identity(1).is_some());
+    // A watcher by subject.
+    let actions = hub.credential_revoked(Credential::Subject("admin"), "rotated");
+    assert!(actions.contains(&Action::Close(
+        4,
+        CloseCode::CredentialRevoked,
+        "rotated".into()
+    )));
+    assert!(hub
+        .credential_revoked(Credential::TokenId("nobody"), "x")
+        .is_empty());
+}
+
+#[test]
+fn only_a_robots_current_connection_asks_for_leases_and_gets_them() {
+    let mut hub = paired();
+    let ask = |hub: &mut HubCore, conn| {
+        hub.frame(
+            conn,
+            ClientFrame::LeaseRequest {
+                session_id: "s".into(),
+                nonce: 7,
+            },
+        )
+    };
+    assert_eq!(
+        ask(&mut hub, 2),
+        FrameStep::Lease {
+            robot_id: "r1".into(),
+            session_id: "s".into(),
+            nonce: 7
+        }
+    );
+    assert!(
+        matches!(ask(&mut hub, 1), FrameStep::Done(a) if matches!(&a[..], [Action::Send(1, ServerFrame::Error { code, .. })] if code == "forbidden"))
+    );
+    let granted = LeaseAsk {
+        conn: 2,
+        robot_id: "r1".into(),
+        session_id: "s".into(),
+        nonce: 7,
+    };
+    assert_eq!(
+        hub.lease_granted(&granted, 1000),
+        vec![Action::Send(
+            2,
+            ServerFrame::Lease {
+                session_id: "s".into(),
+                ttl_ms: 1000,
+                nonce: 7
+            }
+        )]
+    );
+    // A newer connection of r1 takes over: the old one neither asks nor receives.
+    hub.authenticated(9, robot("r1"), Welcome::default());
+    assert!(matches!(ask(&mut hub, 2), FrameStep::Done(_)));
+    assert!(hub.lease_granted(&granted, 1000).is_empty());
+}
+
+#[test]
+fn a_teardown_tells_other_nodes_and_late_presence_never_recreates_the_room() {
+    let mut hub = HubCore::new();
+    hub.authenticated(1, operator("olga", Some("s")), Welcome::default());
+    join_alone(&mut hub, 1, "s");
+    // The robot is on node 2.
+    hub.node_signal(
+        2,
+        NodeSignal::Presence {
+            session_id: "s".into(),
+            side: Side::Robot,
+            joined: true,
+        },
+    );
+    let actions = hub.session_ended(&ended("s", true), false);
+    assert_eq!(
+        actions.last(),
+        Some(&Action::Broadcast(NodeSignal::Ended {
+            session_id: "s".into()
+        }))
+    );
+    assert_eq!(hub.counts().rooms, 0);
+    // Node 2 lags: its robot's presence arrives after the end. No room comes back.
+    let (answer, actions) = hub.node_signal(
+        2,
+        NodeSignal::Presence {
+            session_id: "s".into(),
+            side: Side::Robot,
+            joined: true,
+        },
+    );
+    assert_eq!((answer, actions), (SignalAnswer::default(), vec![]));
+    assert_eq!(hub.counts().rooms, 0);
+}
+
+#[test]
+fn a_node_that_says_a_session_ended_has_its_members_forgotten_silently() {
+    let mut hub = HubCore::new();
+    hub.authenticated(1, operator("olga", Some("s")), Welcome::default());
+    join_alone(&mut hub, 1, "s");
+    hub.node_signal(
+        2,
+        NodeSignal::Presence {
+            session_id: "s".into(),
+            side: Side::Robot,
+            joined: true,
+        },
+    );
+    let (_, actions) = hub.node_signal(
+        2,
+        NodeSignal::Ended {
+            session_id: "s".into(),
+        },
+    );
+    assert!(
+        actions.is_empty(),
+        "this node's own teardown tells its members why"
+    );
+    assert!(matches!(
+        hub.relay(1, offer()),
+        RelayStep::Done(a) if matches!(&a[..], [Action::Send(1, ServerFrame::Error { code, .. })] if code == "peer_not_present")
+    ));
+    assert!(hub.has_ended("s"));
+}
+
+#[test]
+fn a_node_no_longer_a_member_has_its_presences_dropped_and_peers_told() {
+    let mut hub = HubCore::new();
+    hub.authenticated(1, operator("olga", Some("s")), Welcome::default());
+    join_alone(&mut hub, 1, "s");
+    hub.node_signal(
+        3,
+        NodeSignal::Presence {
+            session_id: "s".into(),
+            side: Side::Robot,
+            joined: true,
+        },
+    );
+    assert!(hub.members_now(&[2, 3]).is_empty(), "still a member");
+    assert_eq!(
+        hub.members_now(&[2]),
+        vec![Action::Send(
+            1,
+            ServerFrame::PeerLeft {
+                session_id: "s".into()
+            }
+        )]
+    );
+    assert!(
+        matches!(
+            hub.relay(1, offer()),
+            RelayStep::Done(a) if matches!(&a[..], [Action::Send(1, ServerFrame::Error { code, .. })] if code == "peer_not_present")
+        ),
+        "no relay waits on the gone node"
+    );
 }

@@ -5,7 +5,7 @@
 use super::HubCore; // for the doc links
 use crate::codes::{AuditEvent, CloseCode};
 use crate::mesh::NodeSignal;
-use crate::protocol::{RelayFrame, ServerFrame};
+use crate::protocol::{LastSession, RelayFrame, ServerFrame};
 use crate::rooms::{ConnId, NodeId, Side};
 
 /// Who is on an authenticated connection (from the verified token's claims).
@@ -24,11 +24,15 @@ pub enum Identity {
     Robot {
         /// The robot id (`sub`).
         robot_id: String,
+        /// The token's id (`jti`), checked against revocations.
+        token_id: String,
     },
     /// An admin subscribed to session-end notices; joins nothing.
     Watcher {
         /// The admin's id (`sub`), echoed in `auth_ok`.
         subject: String,
+        /// The token's id (`jti`), checked against revocations.
+        token_id: String,
     },
 }
 
@@ -54,10 +58,71 @@ impl Identity {
     /// The `subject` of `auth_ok`: the token's `sub`.
     pub fn subject(&self) -> &str {
         match self {
-            Self::Operator { subject, .. } | Self::Watcher { subject } => subject,
-            Self::Robot { robot_id } => robot_id,
+            Self::Operator { subject, .. } | Self::Watcher { subject, .. } => subject,
+            Self::Robot { robot_id, .. } => robot_id,
         }
     }
+
+    /// The token's id (`jti`).
+    pub fn token_id(&self) -> &str {
+        match self {
+            Self::Operator { token_id, .. }
+            | Self::Robot { token_id, .. }
+            | Self::Watcher { token_id, .. } => token_id,
+        }
+    }
+
+    /// Whether `other` may replace this identity on a re-authentication: the same role, the
+    /// same subject and (for operators) the same session.
+    pub fn same_principal(&self, other: &Identity) -> bool {
+        match (self, other) {
+            (
+                Self::Operator {
+                    subject: a,
+                    session_id: sa,
+                    ..
+                },
+                Self::Operator {
+                    subject: b,
+                    session_id: sb,
+                    ..
+                },
+            ) => a == b && sa == sb,
+            (Self::Robot { robot_id: a, .. }, Self::Robot { robot_id: b, .. })
+            | (Self::Watcher { subject: a, .. }, Self::Watcher { subject: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// What `auth_ok` tells a connection beyond who it is (looked up by the shell).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Welcome {
+    /// For a robot with an active session: `session_assigned` follows `auth_ok`.
+    pub assigned_session: Option<String>,
+    /// For a robot: where its most recent session stands.
+    pub last_session: Option<LastSession>,
+    /// How long the token has left, in milliseconds.
+    pub expires_in_ms: u64,
+}
+
+impl Welcome {
+    /// A welcome with only the token's remaining lifetime.
+    pub fn expiring_in(expires_in_ms: u64) -> Self {
+        Self {
+            expires_in_ms,
+            ..Self::default()
+        }
+    }
+}
+
+/// A credential that was revoked, as the hub matches it against its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential<'a> {
+    /// A token id (`jti`).
+    TokenId(&'a str),
+    /// A subject: an operator, a robot or an admin (`sub`).
+    Subject(&'a str),
 }
 
 /// How a relayed frame reached this node, so the shell times it in the right histogram.
@@ -137,6 +202,17 @@ pub enum FrameStep {
         identity: Identity,
         /// The side it would take.
         side: Side,
+    },
+    /// A robot asks for a lease on `session_id`: once a quorum confirmed (a read barrier that
+    /// began after this request arrived) that the robot's active session is `session_id`,
+    /// send [`ServerFrame::Lease`] echoing `nonce`; otherwise send nothing.
+    Lease {
+        /// The robot.
+        robot_id: String,
+        /// The session it asks for.
+        session_id: String,
+        /// Echoed in the lease.
+        nonce: u64,
     },
     /// A relay to a peer on another node: send `signal` to `node`, then call
     /// [`HubCore::relay_result`] before reading the connection's next frame (order is kept

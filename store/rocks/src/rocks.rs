@@ -4,12 +4,14 @@
 //! one database, whose column families and keys are best read in one place.
 //!
 //! Column families: `log` (entries by big-endian index), `meta` (vote, last purged log id),
-//! `revocations` (one key per entry), `sm_meta` (last applied log id, membership) and
-//! `snapshot` (the current snapshot's meta and data). Log appends are written with a synced
-//! WAL before openraft is told they are flushed (S3). State machine writes are not synced:
-//! they survive a process kill through the WAL, and after a machine crash the synced log is
-//! re-applied. The in-memory [`StateView`] is rebuilt from `revocations` at open, so the deny
-//! check never reads disk.
+//! `revocations` (one key per entry: kind byte, target), `sessions` (by session id),
+//! `requests` (the remembered request ids of `Command::Once`, by id), `sm_meta` (last
+//! applied log id, membership) and `snapshot` (the current snapshot's meta and data). Log
+//! appends are written with a synced WAL before openraft is told they are flushed (S3).
+//! State machine writes (one `WriteBatch` per applied run of entries) are not synced: they
+//! survive a process kill through the WAL, and after a machine crash the synced log is
+//! re-applied. The in-memory [`StateView`] is rebuilt from `revocations`, `sessions` and
+//! `requests` at open, so the deny check never reads disk.
 
 // openraft's `StorageError` is large and every storage trait returns it; the helpers here
 // return it too rather than boxing and unboxing at each trait boundary.
@@ -31,7 +33,7 @@ use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
 use tether_store::codec::{decode, encode};
-use tether_store::model::{Response, Revocation, RevocationKind, Session};
+use tether_store::model::{AppliedRequest, Response, Revocation, RevocationKind, Session};
 use tether_store::state::{session_events, Mutation, ReplicatedState, SessionEvent, StateView};
 use tether_store::{NodeId, NodeInfo};
 
@@ -41,6 +43,7 @@ const CF_REVOCATIONS: &str = "revocations";
 const CF_SM_META: &str = "sm_meta";
 const CF_SNAPSHOT: &str = "snapshot";
 const CF_SESSIONS: &str = "sessions";
+const CF_REQUESTS: &str = "requests";
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_PURGED: &[u8] = b"last_purged";
@@ -75,6 +78,7 @@ pub fn open(dir: &Path, fsync: bool) -> Result<(LogStore, StateMachineStore), St
         CF_SM_META,
         CF_SNAPSHOT,
         CF_SESSIONS,
+        CF_REQUESTS,
     ]
     .into_iter()
     .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
@@ -89,13 +93,26 @@ pub fn open(dir: &Path, fsync: bool) -> Result<(LogStore, StateMachineStore), St
         let (_, value) = item?;
         state.insert_session(decode::<Session>(&value)?);
     }
+    for item in db.iterator_cf(cf(&db, CF_REQUESTS), IteratorMode::Start) {
+        let (_, value) = item?;
+        state.insert_request(decode::<AppliedRequest>(&value)?);
+    }
     let view = StateView::default();
     *view.write() = state;
     // Stored as the `Option` itself (see `persist`), so read it back as one.
     let last_applied: Option<LogId<NodeId>> =
         read_value::<Option<LogId<NodeId>>>(&db, CF_SM_META, KEY_APPLIED)?.flatten();
     let membership = read_value(&db, CF_SM_META, KEY_MEMBERSHIP)?.unwrap_or_default();
-    tracing::info!(entries = view.read().len(), ?last_applied, "store opened");
+    {
+        let state = view.read();
+        tracing::info!(
+            entries = state.len(),
+            sessions = state.session_count(),
+            requests = state.request_count(),
+            ?last_applied,
+            "store opened"
+        );
+    }
 
     let log = LogStore {
         db: db.clone(),
@@ -145,6 +162,21 @@ fn revocation_key(kind: RevocationKind, target: &str) -> Vec<u8> {
     key.push(kind as u8);
     key.extend_from_slice(target.as_bytes());
     key
+}
+
+/// Adds to `batch` the deletion of every key of a column family: the range from the empty key
+/// (the smallest) to the last key present, plus that key, as a range end is exclusive and
+/// no fixed key (such as `[0xFF]`) is above every other.
+fn clear_family(db: &DB, batch: &mut WriteBatch, family: &str) -> Result<(), rocksdb::Error> {
+    let handle = cf(db, family);
+    if let Some(item) = db.iterator_cf(handle, IteratorMode::End).next() {
+        let (last, _) = item?;
+        if !last.is_empty() {
+            batch.delete_range_cf(handle, b"".as_slice(), &last);
+        }
+        batch.delete_cf(handle, &last);
+    }
+    Ok(())
 }
 
 fn write_options(sync: bool) -> WriteOptions {
@@ -292,11 +324,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// The contents of a snapshot: every live revocation and every retained session.
+/// The contents of a snapshot: every live revocation, every retained session and every
+/// remembered request.
+///
+/// Encoded with postcard, which is not self-describing: adding `requests` changed the
+/// format, and a snapshot built before it does not decode (accepted before 1.0; nodes of
+/// different versions do not share a cluster).
 #[derive(Serialize, Deserialize)]
 struct SnapshotPayload {
     revocations: Vec<Revocation>,
     sessions: Vec<Session>,
+    requests: Vec<AppliedRequest>,
 }
 
 /// The applied state: revocations in RocksDB and in memory.
@@ -341,6 +379,15 @@ impl StateMachineStore {
                 ),
                 Mutation::DeleteSession(id) => {
                     batch.delete_cf(cf(&self.db, CF_SESSIONS), id.as_bytes())
+                }
+                Mutation::PutRequest(applied) => batch.put_cf(
+                    cf(&self.db, CF_REQUESTS),
+                    applied.request.as_bytes(),
+                    encode(&applied)
+                        .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, e))?,
+                ),
+                Mutation::DeleteRequest(id) => {
+                    batch.delete_cf(cf(&self.db, CF_REQUESTS), id.as_bytes())
                 }
             }
         }
@@ -408,6 +455,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             SnapshotPayload {
                 revocations: state.iter().cloned().collect(),
                 sessions: state.sessions().cloned().collect(),
+                requests: state.requests().cloned().collect(),
             }
         };
         SnapshotBuilder {
@@ -432,9 +480,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let payload: SnapshotPayload =
             decode(&data).map_err(|e| io_error(subject(), ErrorVerb::Read, e))?;
         let mut state = ReplicatedState::default();
-        let family = cf(&self.db, CF_REVOCATIONS);
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(family, [0u8].as_slice(), [u8::MAX].as_slice());
+        for family in [CF_REVOCATIONS, CF_SESSIONS, CF_REQUESTS] {
+            clear_family(&self.db, &mut batch, family)
+                .map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
+        }
+        let family = cf(&self.db, CF_REVOCATIONS);
         for entry in payload.revocations {
             batch.put_cf(
                 family,
@@ -444,10 +495,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             state.insert(entry);
         }
         let sessions = cf(&self.db, CF_SESSIONS);
-        batch.delete_range_cf(sessions, [0u8].as_slice(), [u8::MAX].as_slice());
         for session in payload.sessions {
             batch.put_cf(sessions, session.id.as_bytes(), must_encode(&session));
             state.insert_session(session);
+        }
+        let requests = cf(&self.db, CF_REQUESTS);
+        for applied in payload.requests {
+            batch.put_cf(
+                requests,
+                applied.request.as_bytes(),
+                encode(&applied).map_err(|e| io_error(subject(), ErrorVerb::Write, e))?,
+            );
+            state.insert_request(applied);
         }
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
@@ -523,5 +582,44 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clearing_a_family_deletes_every_key_even_high_and_empty_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, sm) = open(dir.path(), false).unwrap();
+        let db = &sm.db;
+        let family = cf(db, CF_SESSIONS);
+        let keys: [&[u8]; 6] = [
+            b"",
+            b"\x00",
+            b"s1",
+            b"\xFF",
+            b"\xFF\xFF\xFF\x01",
+            b"\xFF\xFF\xFF\xFF\xFF",
+        ];
+        for key in keys {
+            db.put_cf(family, key, b"v").unwrap();
+        }
+        let mut batch = WriteBatch::default();
+        clear_family(db, &mut batch, CF_SESSIONS).unwrap();
+        db.write(batch).unwrap();
+        let left: Vec<_> = db
+            .iterator_cf(family, IteratorMode::Start)
+            .map(|item| item.unwrap().0)
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        // An empty family clears to nothing, and a family with only the empty key too.
+        let mut batch = WriteBatch::default();
+        clear_family(db, &mut batch, CF_SESSIONS).unwrap();
+        db.put_cf(family, b"", b"v").unwrap();
+        clear_family(db, &mut batch, CF_SESSIONS).unwrap();
+        db.write(batch).unwrap();
+        assert!(db.iterator_cf(family, IteratorMode::Start).next().is_none());
     }
 }

@@ -4,7 +4,10 @@
 //!
 //! - revoke → safe-stop: a console drives, the session is revoked through node 3;
 //! - control loss → safe-stop: the console falls silent (its task is dropped mid-drive);
-//! - lease expiry → safe-stop: iptables cuts the robot off from every gateway.
+//! - lease expiry → safe-stop: iptables cuts the robot off from every gateway;
+//! - a lease anchored on a stalled link: the robot's link is held 3 s (its TCP connection
+//!   kept, so a backlog of requests and leases is delivered on release), then released; no
+//!   command may be applied later than TTL after the lease request that preceded the grant.
 
 use crate::raft::BenchCluster;
 use crate::report::{histogram, ms, write_markdown_section, Latency};
@@ -30,6 +33,9 @@ pub(crate) struct RobotBenchArgs {
     /// Trials of lease expiry → safe-stop (needs root for iptables; 0 skips).
     #[arg(long, default_value_t = 10)]
     pub(crate) lease_trials: usize,
+    /// Trials of a stalled link (held 3 s, then released; needs root for iptables; 0 skips).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) stall_trials: usize,
     /// Where the markdown table goes (its `robot` section is replaced).
     #[arg(long, default_value = "docs/benchmarks.md")]
     pub(crate) markdown: PathBuf,
@@ -58,6 +64,64 @@ pub(crate) struct RobotReport {
     pub(crate) lease_expiry_ms: Vec<f64>,
     /// The lease TTL.
     pub(crate) lease_ttl_ms: u64,
+    /// The stalled-link trials.
+    pub(crate) stalled_link: Vec<StallTrial>,
+    /// Over the whole run: the largest (command applied − the request time of the newest
+    /// lease received before it), ms; the bound says below the TTL.
+    pub(crate) worst_command_after_anchor_ms: f64,
+    /// Commands applied beyond TTL (+1 ms of stamping tolerance) after their anchor.
+    pub(crate) commands_beyond_anchor: usize,
+}
+
+/// One stalled-link trial.
+#[derive(Serialize, Debug)]
+pub(crate) struct StallTrial {
+    /// Hold begun → lease-expiry safe-stop, ms.
+    pub(crate) hold_to_safe_stop_ms: f64,
+    /// The last command applied during the hold, after the last lease request answered
+    /// before the hold (its anchor), ms; the bound says below the TTL.
+    pub(crate) last_command_after_anchor_ms: f64,
+    /// Leases that arrived after the hold already spent (request time + TTL passed): they
+    /// granted nothing.
+    pub(crate) spent_leases_dropped: usize,
+    /// Release → the robot armed again, ms.
+    pub(crate) release_to_rearmed_ms: f64,
+}
+
+/// The lease anchor check over the events: for each applied command, how long after the
+/// request time of the newest lease received before it. Returns (worst, beyond TTL + 1 ms).
+fn anchor_margins(events: &[Value], ttl_ms: f64) -> (f64, usize) {
+    // The file interleaves two writers (the agent's network task and the safety core's
+    // writer thread): go by time.
+    let mut events: Vec<&Value> = events.iter().collect();
+    events.sort_by(|a, b| t_ms(a).total_cmp(&t_ms(b)));
+    let mut requested: std::collections::HashMap<(String, u64), f64> = Default::default();
+    let mut anchor: std::collections::HashMap<String, f64> = Default::default();
+    let (mut worst, mut beyond) = (0.0f64, 0);
+    for e in events {
+        let sid = e["session_id"].as_str().unwrap_or_default().to_owned();
+        let nonce = e["nonce"].as_u64().unwrap_or(0);
+        match e["event"].as_str() {
+            Some("lease_requested") => {
+                requested.insert((sid, nonce), t_ms(e));
+            }
+            Some("lease_received") => {
+                if let Some(at) = requested.get(&(sid.clone(), nonce)) {
+                    let a = anchor.entry(sid).or_insert(*at);
+                    *a = a.max(*at);
+                }
+            }
+            Some("command_applied") => {
+                let after = anchor.get(&sid).map_or(f64::INFINITY, |a| t_ms(e) - a);
+                worst = worst.max(after);
+                if after > ttl_ms + 1.0 {
+                    beyond += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    (worst, beyond)
 }
 
 /// The agent's events file, read incrementally (re-reading it whole every poll would
@@ -236,6 +300,77 @@ pub(crate) async fn robot(args: RobotBenchArgs) -> Result<()> {
             .await?;
     }
 
+    // A stalled link: held, then released with its backlog.
+    let mut stalled = Vec::new();
+    for _ in 0..args.stall_trials {
+        let d = drive(&http(2), &operator).await?;
+        events
+            .wait("commands", |e| {
+                is(e, "command_applied", &d.session_id) && e["seq"].as_u64() >= Some(3)
+            })
+            .await?;
+        let ports: Vec<u16> = gateways.iter().map(|a| a.port()).collect();
+        let hold = tether_devkit::drop_ports("tcp", &ports, "bench-robot-stall")
+            .context("iptables (run as root, or pass --stall-trials 0)")?;
+        let held_at = millis(monotonic_now());
+        // The hold is the scenario itself (a fixed 3 s), not a wait for a condition.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        hold.heal();
+        let released_at = millis(monotonic_now());
+        let rearmed = events
+            .wait("the robot to arm again after the release", |e| {
+                is(e, "armed", &d.session_id) && t_ms(e) > released_at
+            })
+            .await?;
+        let trial: Vec<Value> = events
+            .read()
+            .into_iter()
+            .filter(|e| e["session_id"] == d.session_id.as_str())
+            .collect();
+        let stop = trial
+            .iter()
+            .find(|e| {
+                e["event"] == "safe_stop" && e["cause"] == "lease_expired" && t_ms(e) > held_at
+            })
+            .context("no lease-expiry stop during the hold")?;
+        let requested: std::collections::HashMap<u64, f64> = trial
+            .iter()
+            .filter(|e| e["event"] == "lease_requested")
+            .map(|e| (e["nonce"].as_u64().unwrap_or(0), t_ms(e)))
+            .collect();
+        let anchor_before_hold = trial
+            .iter()
+            .filter(|e| e["event"] == "lease_received" && t_ms(e) <= held_at)
+            .filter_map(|e| requested.get(&e["nonce"].as_u64().unwrap_or(0)).copied())
+            .fold(f64::NEG_INFINITY, f64::max);
+        let last_in_hold = trial
+            .iter()
+            .filter(|e| {
+                e["event"] == "command_applied" && t_ms(e) > held_at && t_ms(e) < released_at
+            })
+            .map(t_ms)
+            .fold(held_at, f64::max);
+        let spent = trial
+            .iter()
+            .filter(|e| e["event"] == "lease_received" && t_ms(e) > released_at)
+            .filter(|e| {
+                requested
+                    .get(&e["nonce"].as_u64().unwrap_or(0))
+                    .is_some_and(|at| t_ms(e) >= at + 1000.0)
+            })
+            .count();
+        let round = |v: f64| (v * 10.0).round() / 10.0;
+        stalled.push(StallTrial {
+            hold_to_safe_stop_ms: round(t_ms(stop) - held_at),
+            last_command_after_anchor_ms: round(last_in_hold - anchor_before_hold),
+            spent_leases_dropped: spent,
+            release_to_rearmed_ms: round(t_ms(&rearmed) - released_at),
+        });
+        d.task.abort();
+        terminate(&http(2), &operator, &d.session_id).await?;
+    }
+    let (worst_anchor, beyond) = anchor_margins(&events.read(), 1000.0);
+
     let report = RobotReport {
         when: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         revoke_posted_to_safe_stop: (&posted).into(),
@@ -245,6 +380,9 @@ pub(crate) async fn robot(args: RobotBenchArgs) -> Result<()> {
         control_timeout_ms: 300,
         lease_expiry_ms: lease,
         lease_ttl_ms: 1000,
+        stalled_link: stalled,
+        worst_command_after_anchor_ms: (worst_anchor * 10.0).round() / 10.0,
+        commands_beyond_anchor: beyond,
     };
     crate::report::write_json(&args.json, &report)?;
     write_markdown_section(&args.markdown, "robot", &markdown(&report))?;
@@ -308,5 +446,52 @@ fn markdown(r: &RobotReport) -> String {
             .join(", "),
         r.lease_expiry_ms.len()
     );
+    if !r.stalled_link.is_empty() {
+        s += &format!(
+            "\nA lease anchored on a stalled link (the robot's link held 3 s, its TCP connection kept, then released with its backlog; TTL {} ms):\n\n",
+            r.lease_ttl_ms
+        );
+        s += "| trial | hold → safe-stop ms | last command after its anchor ms | spent leases dropped | release → armed again ms |\n|---|---|---|---|---|\n";
+        for (i, t) in r.stalled_link.iter().enumerate() {
+            s += &format!(
+                "| {} | {} | {} | {} | {} |\n",
+                i + 1,
+                t.hold_to_safe_stop_ms,
+                t.last_command_after_anchor_ms,
+                t.spent_leases_dropped,
+                t.release_to_rearmed_ms
+            );
+        }
+    }
+    s += &format!(
+        "\nOver the whole run, every applied command against the request time of the newest lease received before it: worst {} ms after its anchor (target < TTL {} ms); {} commands beyond it.\n",
+        r.worst_command_after_anchor_ms, r.lease_ttl_ms, r.commands_beyond_anchor
+    );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_anchor_check_finds_a_command_past_ttl_after_its_request() {
+        let e = |t: f64, event: &str, nonce: u64| json!({"t_ms": t, "event": event, "session_id": "s", "nonce": nonce});
+        // Out of time order, as two writers leave them.
+        let events = vec![
+            e(0.0, "lease_requested", 1),
+            e(10.0, "command_applied", 0),
+            e(5.0, "lease_received", 1),
+            e(900.0, "command_applied", 0),
+            e(100.0, "lease_requested", 2),
+        ];
+        assert_eq!(anchor_margins(&events, 1000.0), (900.0, 0));
+        // A backlog: the lease for the request made at 100 arrives at 1500, already spent.
+        // A command applied after it (as when leases counted from receipt) is caught.
+        let mut backlog = events.clone();
+        backlog.push(e(1500.0, "lease_received", 2));
+        backlog.push(e(1520.0, "command_applied", 0));
+        assert_eq!(anchor_margins(&backlog, 1000.0), (1420.0, 1));
+    }
 }
