@@ -435,3 +435,26 @@ async fn a_live_node_partitioned_into_a_minority_fails_closed_and_stops_leases()
         .await;
     late.expect_error("session_revoked").await;
 }
+
+#[tokio::test]
+async fn a_node_removed_from_the_cluster_has_its_members_dropped_from_the_other_nodes_rooms() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.leader().await;
+    let gone = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let stays = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader && *id != gone)
+        .unwrap();
+    // The robot on the node that will be removed, the operator on another.
+    let (_r, mut o, _sid, _) = pair(&cluster, gone, stays, "alice", "robot-gone").await;
+    cluster.client(leader).remove_member(gone).await.unwrap();
+    // Before, the room kept the removed node's robot forever and relays to it stalled.
+    o.expect("peer_left").await;
+    o.send(json!({"type": "offer", "sdp": SDP})).await;
+    o.expect_error("peer_not_present").await;
+}

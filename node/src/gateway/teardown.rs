@@ -152,14 +152,13 @@ impl Hub {
                 .map(|s| s.id.clone())
                 .collect();
             let mut known = self.active();
-            let ended: Vec<Session> = known
+            let (ended, started) = changed_since(&known, &now_active);
+            let ended: Vec<Session> = ended
                 .iter()
-                .filter(|id| !now_active.contains(*id))
                 .filter_map(|id| state.session(id).cloned())
                 .collect();
-            let started: Vec<Session> = now_active
+            let started: Vec<Session> = started
                 .iter()
-                .filter(|id| !known.contains(*id))
                 .filter_map(|id| state.session(id).cloned())
                 .collect();
             *known = now_active;
@@ -183,5 +182,42 @@ impl Hub {
         for entry in revoked {
             self.credential_revoked(&entry).await;
         }
+    }
+}
+
+/// The sessions to tear down and to announce after a re-check: those seen active that no
+/// longer are, and those active that were not seen. Sessions that were already ended when
+/// last seen are in neither (tearing them down again would close robots serving newer
+/// sessions and write their audit records twice). Sorted, for a deterministic order.
+fn changed_since(
+    known: &HashSet<String>,
+    now_active: &HashSet<String>,
+) -> (Vec<String>, Vec<String>) {
+    let mut ended: Vec<String> = known.difference(now_active).cloned().collect();
+    let mut started: Vec<String> = now_active.difference(known).cloned().collect();
+    ended.sort();
+    started.sort();
+    (ended, started)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[&str]) -> HashSet<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_recheck_touches_only_sessions_that_changed_since_last_seen() {
+        // s-old ended long ago (not active then, not now), s-kept is still active, s-gone
+        // ended meanwhile, s-new started meanwhile.
+        let known = set(&["s-kept", "s-gone"]);
+        let now = set(&["s-kept", "s-new"]);
+        assert_eq!(
+            changed_since(&known, &now),
+            (vec!["s-gone".to_string()], vec!["s-new".to_string()])
+        );
+        assert_eq!(changed_since(&now, &now), (vec![], vec![]));
     }
 }
