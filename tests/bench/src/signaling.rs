@@ -41,7 +41,7 @@ pub(crate) struct SignalingBenchArgs {
     /// Idle authenticated connections held open on one node at once (0 skips).
     #[arg(long, default_value_t = 10_000)]
     pub(crate) connections: usize,
-    /// Lease lifetime on the nodes (every robot gets a lease each quarter of it).
+    /// Lease lifetime on the nodes (every robot asks for a lease each quarter of it).
     #[arg(long, default_value_t = 1000)]
     pub(crate) lease_ttl_ms: u64,
     /// Where the markdown table goes (its `signaling` section is replaced).
@@ -239,7 +239,9 @@ async fn pair(
 }
 
 /// Sets up `n` sessions, then has every operator send `offers` offers, one every `period`,
-/// while all are live; measures send → receipt at the robot.
+/// while all are live; measures send → receipt at the robot. Each robot asks for a lease
+/// every `lease_every` meanwhile (as agents do), so relays share the node with the lease
+/// traffic.
 async fn relay(
     cluster: &BenchCluster,
     robot_node: usize,
@@ -247,6 +249,7 @@ async fn relay(
     n: usize,
     period: Duration,
     offers: u32,
+    lease_every: Duration,
 ) -> Result<Latency> {
     let mut pairs = Vec::new();
     for i in 0..n {
@@ -264,8 +267,15 @@ async fn relay(
             tokio::spawn(async move {
                 let mut h = histogram();
                 let start = begin + offset;
+                let mut asked: Option<tokio::time::Instant> = None;
                 for k in 0..offers {
                     tokio::time::sleep_until(start + period * k).await;
+                    if asked.is_none_or(|at| at.elapsed() >= lease_every) {
+                        asked = Some(tokio::time::Instant::now());
+                        let ask =
+                            json!({"type": "lease_request", "session_id": p.sid, "nonce": k + 1});
+                        send(&mut p.robot, ask).await?;
+                    }
                     let t = Instant::now();
                     send(&mut p.operator, json!({"type": "offer", "sdp": SDP})).await?;
                     expect(&mut p.robot, "offer").await?;
@@ -381,6 +391,7 @@ pub(crate) async fn signaling(args: SignalingBenchArgs) -> Result<()> {
         args.sessions,
         period,
         args.relay_offers,
+        Duration::from_millis(args.lease_ttl_ms / 4),
     ))?;
     eprintln!("bench: relay on one node {relay_one_node:?}");
     let relay_across_nodes = on_own_thread(relay(
@@ -390,6 +401,7 @@ pub(crate) async fn signaling(args: SignalingBenchArgs) -> Result<()> {
         args.sessions,
         period,
         args.relay_offers,
+        Duration::from_millis(args.lease_ttl_ms / 4),
     ))?;
     eprintln!("bench: relay across nodes {relay_across_nodes:?}");
     let relay_server_one_node = scrape(&cluster, 0).await?.histogram_shares(
@@ -469,7 +481,7 @@ fn markdown(r: &SignalingReport) -> String {
         )
     };
     let mut s = format!(
-        "### Signaling (`tether bench signaling`, {})\n\n3 node processes on loopback, real WebSocket clients in one process (the relay load generator runs its {} sockets on one thread of its own); relay runs with {} concurrent sessions relaying {} offers a second in all, while each robot gets a lease every {} ms.\n\n| measurement | samples | p50 ms | p99 ms | max ms | target |\n|---|---|---|---|---|---|\n",
+        "### Signaling (`tether bench signaling`, {})\n\n3 node processes on loopback, real WebSocket clients in one process (the relay load generator runs its {} sockets on one thread of its own); relay runs with {} concurrent sessions relaying {} offers a second in all, while each robot asks for (and gets) a lease every {} ms.\n\n| measurement | samples | p50 ms | p99 ms | max ms | target |\n|---|---|---|---|---|---|\n",
         r.when,
         2 * r.sessions,
         r.sessions,
