@@ -77,6 +77,7 @@ const LAYERS: &[&[&str]] = &[
     &["tether-raft", "tether-agent"],
     &["tether-node"],
     &["tether-devkit"],
+    &["tether-chaos-lab"],
     &["tether-cli", "tether-tests", "tether-bench"],
 ];
 
@@ -119,6 +120,18 @@ fn heavy_and_io_dependencies_stay_where_they_belong() {
     forbid(
         "tether-store",
         &["rocksdb", "openraft", "tokio", "tether-store-rocks"],
+    );
+    // The chaos checkers re-check saved histories anywhere: no runtime, no node.
+    forbid(
+        "tether-chaos",
+        &[
+            "tokio",
+            "axum",
+            "openraft",
+            "rocksdb",
+            "tether-node",
+            "tether-store",
+        ],
     );
     forbid(
         "tether-signaling",

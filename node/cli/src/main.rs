@@ -1,6 +1,7 @@
 //! The `tether` command line: node, dev cluster, revoke, tokens, cluster membership, agent,
 //! console; `tether bench` hands over to the separate `tether-bench` binary.
 
+mod chaos;
 mod dev;
 mod robot;
 
@@ -92,6 +93,11 @@ enum Cmd {
     Agent(AgentArgs),
     /// Drive a robot from the command line (the headless operator console).
     Console(ConsoleArgs),
+    /// The chaos suite: real partitions and kills against nodes in network namespaces.
+    Chaos {
+        #[command(subcommand)]
+        command: chaos::ChaosCmd,
+    },
     /// Benchmarks (`tether bench raft|signaling|robot …`): runs `tether-bench`, the
     /// harness binary built beside this one; results go to JSON and docs/benchmarks.md.
     #[command(disable_help_flag = true)]
@@ -412,6 +418,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Agent(args) => robot::run_agent(args).await,
         Cmd::Console(args) => robot::run_console(args).await,
         Cmd::Bench { args } => run_bench(args),
+        Cmd::Chaos { command } => chaos::chaos(command).await,
     }
 }
 

@@ -1,0 +1,360 @@
+//! One chaos run: a lab cluster, a workload of concurrent revocations on random nodes
+//! (every call recorded invoke → ok / fail / info), one seeded fault per scenario with
+//! traffic before, during and after it, a final read of every node once healed, and the
+//! checkers of `tether-chaos` over the saved history. The report directory gets
+//! `history.jsonl`, `summary.json` and the node logs.
+
+use crate::cluster::LabCluster;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tether_api::{ClientError, Target};
+use tether_chaos::check::{self, Params, Validity, Verdict};
+use tether_chaos::history::{Body, Event, History, Op, Phase, RevocationKey, RevokeKind};
+
+/// A fault and where it lands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// A follower cut off from every other node, then healed.
+    IsolateFollower,
+    /// The leader cut off from every other node, then healed.
+    IsolateLeader,
+    /// `kill -9` of the leader, then a restart.
+    KillLeader,
+}
+
+impl Scenario {
+    /// Every scenario, in the order `all` runs them.
+    pub const ALL: [Scenario; 3] = [
+        Scenario::IsolateFollower,
+        Scenario::IsolateLeader,
+        Scenario::KillLeader,
+    ];
+
+    /// Its name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::IsolateFollower => "isolate-follower",
+            Scenario::IsolateLeader => "isolate-leader",
+            Scenario::KillLeader => "kill-leader",
+        }
+    }
+
+    /// The scenario called `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// How a run goes.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The fault.
+    pub scenario: Scenario,
+    /// Seeds the workload's choices (nodes, pauses).
+    pub seed: u64,
+    /// Gateway nodes (3 or 5).
+    pub nodes: u64,
+    /// Traffic before the fault, during it and after healing, each.
+    pub phase: Duration,
+    /// Concurrent admin clients.
+    pub writers: usize,
+    /// Concurrent operators (start, join, end or revoke-and-rejoin sessions).
+    pub operators: usize,
+    /// Where the report goes.
+    pub report: PathBuf,
+    /// The `tether` binary the nodes run.
+    pub bin: PathBuf,
+}
+
+/// What a run found.
+#[derive(Debug, serde::Serialize)]
+pub struct Summary {
+    /// The scenario.
+    pub scenario: &'static str,
+    /// The seed.
+    pub seed: u64,
+    /// The command that reproduces the run.
+    pub reproduce: String,
+    /// Operations by outcome (`ok`, `fail`, `info`).
+    pub outcomes: std::collections::BTreeMap<String, u64>,
+    /// Every checker's verdict.
+    pub verdicts: Vec<Verdict>,
+    /// Whether every checker found the history valid.
+    pub valid: bool,
+}
+
+/// The shared, append-only history of a run.
+#[derive(Clone, Default)]
+pub(crate) struct Recorder(Arc<Mutex<Vec<Event>>>);
+
+impl Recorder {
+    pub(crate) fn push(&self, process: &str, node: Option<u64>, body: Body) {
+        let event = Event {
+            t_ms: now_ms(),
+            process: process.to_owned(),
+            node,
+            body,
+        };
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(event);
+    }
+
+    fn history(&self) -> History {
+        History::new(self.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+/// CLOCK_MONOTONIC in milliseconds, the clock of every history and events file.
+fn now_ms() -> f64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available on Linux");
+    ts.tv_sec() as f64 * 1000.0 + ts.tv_nsec() as f64 / 1e6
+}
+
+/// An answer's outcome: a 4xx definitely did nothing; a timeout, a 5xx or a lost
+/// connection may have (the write can still commit).
+pub(crate) fn completion(op: Op, result: Result<(), ClientError>) -> Body {
+    match result {
+        Ok(()) => Body::Ok { op },
+        Err(ClientError::Api { status, body }) if status < 500 => Body::Fail {
+            op,
+            error: Some(body.code),
+        },
+        Err(e) => Body::Info {
+            op,
+            error: Some(e.to_string()),
+        },
+    }
+}
+
+/// One admin client: revokes unique token ids on random nodes until `stop`.
+async fn writer(
+    cluster: Arc<LabCluster>,
+    recorder: Recorder,
+    index: usize,
+    seed: u64,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (index as u64).wrapping_mul(0x9e37_79b9));
+    let process = format!("admin-{index}");
+    let ids: Vec<u64> = cluster.nodes.iter().map(|n| n.id).collect();
+    for n in 0u64.. {
+        if *stop.borrow() {
+            return;
+        }
+        let node = ids[rng.random_range(0..ids.len())];
+        let target = format!("jti-{index}-{n}");
+        let op = Op::revoke(RevokeKind::Token, &target);
+        recorder.push(&process, Some(node), Body::Invoke { op: op.clone() });
+        let result = cluster
+            .client(node)
+            .revoke(&Target::Token(target), "chaos", None)
+            .await
+            .map(|_| ());
+        recorder.push(&process, Some(node), completion(op, result));
+        // A short, seeded pause keeps the load steady rather than flat out.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(5..25))).await;
+    }
+}
+
+/// Every revocation node `id` holds, page by page.
+async fn read_all(cluster: &LabCluster, id: u64) -> Result<Vec<RevocationKey>, ClientError> {
+    let client = cluster.client(id);
+    let mut keys = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut query = vec![("limit", "1000".to_owned())];
+        if let Some(a) = &after {
+            query.push(("after", a.clone()));
+        }
+        let query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let page = client.list(&query).await?;
+        keys.extend(page.items.iter().map(|e| {
+            let kind = match e.kind.as_str() {
+                "session" => RevokeKind::Session,
+                "operator" => RevokeKind::Operator,
+                _ => RevokeKind::Token,
+            };
+            RevocationKey::new(kind, &e.target)
+        }));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(keys),
+        }
+    }
+}
+
+/// Runs one scenario and writes its report; the summary says whether it passed.
+pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
+    std::fs::create_dir_all(&options.report)?;
+    let cluster = LabCluster::start(&options.bin, options.nodes, |c| {
+        // Elections within a few hundred ms keep the run short.
+        c.raft.election_min_ms = 300;
+        c.raft.election_max_ms = 600;
+    })?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    let mut rng = StdRng::seed_from_u64(options.seed);
+    let followers: Vec<u64> = (1..=options.nodes).filter(|id| *id != leader).collect();
+    let target = match options.scenario {
+        Scenario::IsolateFollower => followers[rng.random_range(0..followers.len())],
+        Scenario::IsolateLeader | Scenario::KillLeader => leader,
+    };
+    let recorder = Recorder::default();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shared = Arc::new(cluster);
+    let writers: Vec<_> = (0..options.writers)
+        .map(|i| {
+            tokio::spawn(writer(
+                shared.clone(),
+                recorder.clone(),
+                i,
+                options.seed,
+                stop_rx.clone(),
+            ))
+        })
+        .chain((0..options.operators).map(|i| {
+            tokio::spawn(crate::sessions::operator(
+                shared.clone(),
+                recorder.clone(),
+                i,
+                options.seed,
+                stop_rx.clone(),
+            ))
+        }))
+        .collect();
+
+    // Traffic before, then the fault, then traffic after healing.
+    tokio::time::sleep(options.phase).await;
+    let fault = options.scenario.name().to_owned();
+    let targets = vec![format!("n{target}")];
+    let nemesis = |phase| Body::Nemesis {
+        fault: fault.clone(),
+        targets: targets.clone(),
+        phase,
+    };
+    recorder.push("nemesis", Some(target), nemesis(Phase::Start));
+    let fault_start = now_ms();
+    match options.scenario {
+        Scenario::IsolateFollower | Scenario::IsolateLeader => {
+            let cut = shared.lab.isolate(&shared.node(target).host)?;
+            tokio::time::sleep(options.phase).await;
+            cut.heal();
+        }
+        Scenario::KillLeader => {
+            shared.kill(target);
+            tokio::time::sleep(options.phase).await;
+        }
+    }
+    if options.scenario != Scenario::KillLeader {
+        recorder.push(
+            "nemesis",
+            Some(target),
+            Body::QuorumLost {
+                from_ms: fault_start,
+                to_ms: now_ms(),
+            },
+        );
+    }
+    recorder.push("nemesis", Some(target), nemesis(Phase::Stop));
+    if options.scenario == Scenario::KillLeader {
+        shared.restart(target)?;
+    }
+    tokio::time::sleep(options.phase).await;
+    let _ = stop_tx.send(true);
+    for w in writers {
+        let _ = w.await;
+    }
+
+    // Healed: every node must hold every acknowledged revocation.
+    let cluster = shared;
+    cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    settle(&cluster).await;
+    for node in 1..=options.nodes {
+        let revocations = read_all(&cluster, node).await.unwrap_or_default();
+        recorder.push(
+            "final-read",
+            Some(node),
+            Body::Ok {
+                op: Op::Read { node, revocations },
+            },
+        );
+    }
+    let history = recorder.history();
+    tether_chaos::history::write_jsonl(&options.report.join("history.jsonl"), &history)
+        .map_err(std::io::Error::other)?;
+    for node in 1..=options.nodes {
+        std::fs::write(
+            options.report.join(format!("node{node}.log")),
+            cluster.log(node),
+        )?;
+    }
+    // This workload drives no robots yet: liveness does not ask for applied commands.
+    let params = Params {
+        robots_drive: false,
+        ..Params::default()
+    };
+    let verdicts = check::check_all(&history, &params);
+    let summary = summarize(options, &history, verdicts);
+    std::fs::write(
+        options.report.join("summary.json"),
+        serde_json::to_vec_pretty(&summary).map_err(std::io::Error::other)?,
+    )?;
+    Ok(summary)
+}
+
+/// Waits until every node has applied as far as the leader has committed (or 10 s).
+async fn settle(cluster: &LabCluster) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        let mut views = Vec::new();
+        for node in &cluster.nodes {
+            views.push(cluster.client(node.id).cluster().await.ok());
+        }
+        let commit = views.iter().flatten().filter_map(|v| v.commit_index).max();
+        if views
+            .iter()
+            .all(|v| v.as_ref().is_some_and(|v| v.applied_index >= commit))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn summarize(options: &RunOptions, history: &History, verdicts: Vec<Verdict>) -> Summary {
+    let mut outcomes = std::collections::BTreeMap::new();
+    for e in &history.events {
+        let key = match e.body {
+            Body::Ok { .. } => "ok",
+            Body::Fail { .. } => "fail",
+            Body::Info { .. } => "info",
+            _ => continue,
+        };
+        *outcomes.entry(key.to_owned()).or_insert(0) += 1;
+    }
+    let valid = verdicts
+        .iter()
+        .all(|v| !matches!(v.valid, Validity::Invalid));
+    Summary {
+        scenario: options.scenario.name(),
+        seed: options.seed,
+        reproduce: format!(
+            "tether chaos run --scenario {} --seed {} --nodes {} --phase-s {} --report {}",
+            options.scenario.name(),
+            options.seed,
+            options.nodes,
+            options.phase.as_secs(),
+            options.report.display()
+        ),
+        outcomes,
+        verdicts,
+        valid,
+    }
+}
+
+/// The report directory for one scenario of a run rooted at `root`.
+pub fn scenario_dir(root: &Path, scenario: Scenario) -> PathBuf {
+    root.join(scenario.name())
+}
