@@ -63,7 +63,18 @@ impl LabCluster {
     /// Builds the lab, writes the node configs (every member at its namespace address),
     /// lets `tweak` edit each, and starts every node. Does not wait for a leader.
     pub fn start(bin: &Path, n: u64, tweak: impl Fn(&mut NodeConfig)) -> io::Result<Self> {
-        let names: Vec<String> = (1..=n).map(|id| format!("n{id}")).collect();
+        Self::start_with_hosts(bin, n, &[], tweak)
+    }
+
+    /// [`Self::start`], with more hosts (robots, consoles) in the lab beside the nodes.
+    pub fn start_with_hosts(
+        bin: &Path,
+        n: u64,
+        extra_hosts: &[&str],
+        tweak: impl Fn(&mut NodeConfig),
+    ) -> io::Result<Self> {
+        let mut names: Vec<String> = (1..=n).map(|id| format!("n{id}")).collect();
+        names.extend(extra_hosts.iter().map(|h| (*h).to_owned()));
         let lab = Lab::create(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
         let dir = tempfile::Builder::new().prefix("tether-chaos-").tempdir()?;
         let secrets = Secrets::ensure(dir.path())?;
@@ -147,6 +158,28 @@ impl LabCluster {
         if let Some(mut child) = self.node(id).child().take() {
             child.kill();
         }
+    }
+
+    /// The `tether` binary the nodes run.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// Every node's HTTP URL, comma-separated (for agents that fail over across them).
+    pub fn gateways(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("http://{}", n.http))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node whose HTTP address is `addr` (`host:port`), if any.
+    pub fn node_at(&self, addr: &str) -> Option<u64> {
+        self.nodes
+            .iter()
+            .find(|n| addr.contains(&n.http.to_string()))
+            .map(|n| n.id)
     }
 
     /// An admin client of node `id`.

@@ -4,5 +4,6 @@
 
 pub mod cluster;
 pub mod netns;
+pub mod robots;
 pub mod run;
 mod sessions;

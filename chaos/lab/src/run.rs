@@ -63,6 +63,9 @@ pub struct RunOptions {
     pub writers: usize,
     /// Concurrent operators (start, join, end or revoke-and-rejoin sessions).
     pub operators: usize,
+    /// A robot agent and consoles driving it over WebRTC, each in a namespace of its own;
+    /// their sessions are revoked while they drive.
+    pub robots: bool,
     /// Where the report goes.
     pub report: PathBuf,
     /// The `tether` binary the nodes run.
@@ -92,8 +95,13 @@ pub(crate) struct Recorder(Arc<Mutex<Vec<Event>>>);
 
 impl Recorder {
     pub(crate) fn push(&self, process: &str, node: Option<u64>, body: Body) {
+        self.push_at(now_ms(), process, node, body);
+    }
+
+    /// An event observed at `t_ms` (another process's events file, same clock).
+    pub(crate) fn push_at(&self, t_ms: f64, process: &str, node: Option<u64>, body: Body) {
         let event = Event {
-            t_ms: now_ms(),
+            t_ms,
             process: process.to_owned(),
             node,
             body,
@@ -189,12 +197,21 @@ async fn read_all(cluster: &LabCluster, id: u64) -> Result<Vec<RevocationKey>, C
 /// Runs one scenario and writes its report; the summary says whether it passed.
 pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
     std::fs::create_dir_all(&options.report)?;
-    let cluster = LabCluster::start(&options.bin, options.nodes, |c| {
+    let extra: &[&str] = if options.robots {
+        &[crate::robots::ROBOT_HOST, crate::robots::CONSOLE_HOST]
+    } else {
+        &[]
+    };
+    let cluster = LabCluster::start_with_hosts(&options.bin, options.nodes, extra, |c| {
         // Elections within a few hundred ms keep the run short.
         c.raft.election_min_ms = 300;
         c.raft.election_max_ms = 600;
     })?;
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    let robot = match options.robots {
+        true => Some(crate::robots::start_robot(&cluster, &options.report)?),
+        false => None,
+    };
     let mut rng = StdRng::seed_from_u64(options.seed);
     let followers: Vec<u64> = (1..=options.nodes).filter(|id| *id != leader).collect();
     let target = match options.scenario {
@@ -214,6 +231,16 @@ pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
                 stop_rx.clone(),
             ))
         })
+        .chain(robot.as_ref().map(|r| {
+            tokio::spawn(crate::robots::drive(
+                shared.clone(),
+                recorder.clone(),
+                r.events_path(),
+                options.report.clone(),
+                options.seed,
+                stop_rx.clone(),
+            ))
+        }))
         .chain((0..options.operators).map(|i| {
             tokio::spawn(crate::sessions::operator(
                 shared.clone(),
@@ -247,16 +274,15 @@ pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
             tokio::time::sleep(options.phase).await;
         }
     }
-    if options.scenario != Scenario::KillLeader {
-        recorder.push(
-            "nemesis",
-            Some(target),
-            Body::QuorumLost {
-                from_ms: fault_start,
-                to_ms: now_ms(),
-            },
-        );
-    }
+    // A cut-off node and a killed one alike have no contact with a quorum meanwhile.
+    recorder.push(
+        "nemesis",
+        Some(target),
+        Body::QuorumLost {
+            from_ms: fault_start,
+            to_ms: now_ms(),
+        },
+    );
     recorder.push("nemesis", Some(target), nemesis(Phase::Stop));
     if options.scenario == Scenario::KillLeader {
         shared.restart(target)?;
@@ -281,6 +307,10 @@ pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
             },
         );
     }
+    if let Some(robot) = &robot {
+        crate::robots::robot_history(&cluster, robot, &recorder);
+    }
+    drop(robot);
     let history = recorder.history();
     tether_chaos::history::write_jsonl(&options.report.join("history.jsonl"), &history)
         .map_err(std::io::Error::other)?;
@@ -290,9 +320,9 @@ pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
             cluster.log(node),
         )?;
     }
-    // This workload drives no robots yet: liveness does not ask for applied commands.
+    // Without robots, liveness does not ask for applied commands.
     let params = Params {
-        robots_drive: false,
+        robots_drive: options.robots,
         ..Params::default()
     };
     let verdicts = check::check_all(&history, &params);

@@ -115,6 +115,7 @@ async fn every_scenario_once_passes_its_checkers() {
             phase: Duration::from_secs(2),
             writers: 3,
             operators: 2,
+            robots: true,
             report: tether_chaos_lab::run::scenario_dir(root.path(), scenario),
             bin: bin.clone(),
         };

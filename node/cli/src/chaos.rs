@@ -33,6 +33,9 @@ pub(crate) struct ChaosRunArgs {
     /// Concurrent operators starting, joining, ending and revoking sessions.
     #[arg(long, default_value_t = 2)]
     operators: usize,
+    /// Leave out the robot agent and the consoles driving it over WebRTC.
+    #[arg(long)]
+    no_robots: bool,
     /// Where the reports go (one folder per scenario).
     #[arg(long, default_value = "target/chaos")]
     report: PathBuf,
@@ -59,6 +62,7 @@ pub(crate) async fn chaos(command: ChaosCmd) -> Result<()> {
             phase: Duration::from_secs(args.phase_s),
             writers: args.writers,
             operators: args.operators,
+            robots: !args.no_robots,
             report: scenario_dir(&args.report, scenario),
             bin: bin.clone(),
         };

@@ -1,0 +1,196 @@
+//! Robots in a chaos run: a real robot agent in its own namespace and headless consoles in
+//! another, driving over WebRTC between the two namespaces (host candidates on their
+//! namespace addresses), while the runner revokes their sessions through random nodes.
+//! The agent's events file joins the history: applied commands, safe-stops, and the leases
+//! it received from the gateway it was connected to.
+
+use crate::cluster::LabCluster;
+use crate::run::Recorder;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tether_api::Target;
+use tether_chaos::history::{Body, Op, RevokeKind};
+use tether_devkit::ChildProcess;
+use tether_node::auth::Role;
+
+/// The lab hosts robots and consoles run in.
+pub const ROBOT_HOST: &str = "robot-1";
+/// See [`ROBOT_HOST`].
+pub const CONSOLE_HOST: &str = "console-1";
+/// The robot's id.
+pub const ROBOT: &str = "r1";
+
+/// The robot agent process; killed on drop.
+pub(crate) struct Robot {
+    _agent: ChildProcess,
+    events: PathBuf,
+}
+
+impl Robot {
+    /// Its events file.
+    pub(crate) fn events_path(&self) -> PathBuf {
+        self.events.clone()
+    }
+}
+
+/// Starts the robot agent in its namespace, failing over across every node.
+pub(crate) fn start_robot(cluster: &LabCluster, dir: &Path) -> std::io::Result<Robot> {
+    let token = cluster
+        .secrets
+        .mint(ROBOT, Role::Robot, Duration::from_secs(3600))?;
+    let events = dir.join("robot-events.jsonl");
+    let log = std::fs::File::create(dir.join("robot.log"))?;
+    let mut command = cluster.lab.command(ROBOT_HOST, cluster.bin());
+    command
+        .args([
+            "agent",
+            "--gateway",
+            &cluster.gateways(),
+            "--robot-id",
+            ROBOT,
+        ])
+        .arg("--rtc-ip")
+        .arg(cluster.lab.host(ROBOT_HOST).addr.to_string())
+        .arg("--events")
+        .arg(&events)
+        .env("TETHER_ROBOT_TOKEN", token)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    Ok(Robot {
+        _agent: ChildProcess::spawn(command)?,
+        events,
+    })
+}
+
+fn read_events(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Drives sessions until `stop`: a console starts one and drives it; once the robot has
+/// armed for it, after a seeded pause, an admin revokes it through a random node (recorded
+/// in the history); the console must then end with `revoked`.
+pub(crate) async fn drive(
+    cluster: Arc<LabCluster>,
+    recorder: Recorder,
+    robot_events: PathBuf,
+    dir: PathBuf,
+    seed: u64,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xd21e);
+    let Ok(login) = cluster
+        .secrets
+        .mint("driver", Role::Operator, Duration::from_secs(3600))
+    else {
+        return;
+    };
+    let ids: Vec<u64> = cluster.nodes.iter().map(|n| n.id).collect();
+    for k in 0u64.. {
+        if *stop.borrow() {
+            return;
+        }
+        let node = ids[rng.random_range(0..ids.len())];
+        let log = match std::fs::File::create(dir.join(format!("console-{k}.log"))) {
+            Ok(f) => f,
+            Err(_) => return,
+        };
+        let mut command = cluster.lab.command(CONSOLE_HOST, cluster.bin());
+        command
+            .args(["console", "--gateway"])
+            .arg(format!("http://{}", cluster.node(node).http))
+            .args(["--robot-id", ROBOT, "--rtc-ip"])
+            .arg(cluster.lab.host(CONSOLE_HOST).addr.to_string())
+            .arg("--events")
+            .arg(dir.join(format!("console-{k}.jsonl")))
+            .env("TETHER_OPERATOR_TOKEN", &login)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("a log file clones"))
+            .stderr(log);
+        let Ok(mut console) = ChildProcess::spawn(command) else {
+            return;
+        };
+        // The robot arms for a session it has not armed for before.
+        let seen: Vec<String> = read_events(&robot_events)
+            .iter()
+            .filter(|e| e["event"] == "armed")
+            .filter_map(|e| e["session_id"].as_str().map(str::to_owned))
+            .collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let session = loop {
+            let armed = read_events(&robot_events).into_iter().find_map(|e| {
+                let sid = e["session_id"].as_str()?.to_owned();
+                (e["event"] == "armed" && !seen.contains(&sid)).then_some(sid)
+            });
+            if armed.is_some() || tokio::time::Instant::now() > deadline || *stop.borrow() {
+                break armed;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let Some(sid) = session else {
+            // No drive this round (a fault may hold it up): the console goes, the next tries.
+            console.kill();
+            continue;
+        };
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1200))).await;
+        let node = ids[rng.random_range(0..ids.len())];
+        let op = Op::revoke(RevokeKind::Session, &sid);
+        recorder.push("driver-admin", Some(node), Body::Invoke { op: op.clone() });
+        let revoked = cluster
+            .client(node)
+            .revoke(&Target::Session(sid.clone()), "chaos drive", None)
+            .await
+            .map(|_| ());
+        recorder.push(
+            "driver-admin",
+            Some(node),
+            crate::run::completion(op, revoked),
+        );
+        // The console ends on its own when told; a stuck one is killed.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while console.try_wait().is_none() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        console.kill();
+    }
+}
+
+/// The robot's observations as history events: applied commands, safe-stops, and the
+/// leases it received, each lease attributed to the gateway it was connected to then.
+pub(crate) fn robot_history(cluster: &LabCluster, robot: &Robot, recorder: &Recorder) {
+    let mut gateway: Option<u64> = None;
+    for e in read_events(&robot.events) {
+        let t = e["t_ms"].as_f64().unwrap_or(0.0);
+        let sid = e["session_id"].as_str().unwrap_or_default().to_owned();
+        let body = match e["event"].as_str().unwrap_or_default() {
+            "gateway_connected" => {
+                gateway = e["gateway"].as_str().and_then(|g| cluster.node_at(g));
+                continue;
+            }
+            "command_applied" => Body::CommandApplied {
+                robot: ROBOT.into(),
+                session_id: sid,
+                seq: e["seq"].as_u64().unwrap_or(0),
+            },
+            "safe_stop" => Body::SafeStop {
+                robot: ROBOT.into(),
+                session_id: (!sid.is_empty()).then_some(sid),
+                cause: e["cause"].as_str().unwrap_or_default().to_owned(),
+            },
+            "lease_received" => Body::Ok {
+                op: Op::lease(ROBOT, &sid, e["nonce"].as_u64().unwrap_or(0)),
+            },
+            _ => continue,
+        };
+        recorder.push_at(t, &format!("robot-{ROBOT}"), gateway, body);
+    }
+}
