@@ -194,3 +194,90 @@ pub(crate) fn robot_history(cluster: &LabCluster, robot: &Robot, recorder: &Reco
         recorder.push_at(t, &format!("robot-{ROBOT}"), gateway, body);
     }
 }
+
+/// The session the robot armed for most recently at or after `since_ms`, waiting up to
+/// `timeout` for one.
+pub(crate) async fn wait_driving(
+    events: &Path,
+    since_ms: f64,
+    timeout: Duration,
+) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let armed = read_events(events)
+            .into_iter()
+            .filter(|e| e["event"] == "armed")
+            .filter(|e| e["t_ms"].as_f64().unwrap_or(0.0) >= since_ms)
+            .filter_map(|e| e["session_id"].as_str().map(str::to_owned))
+            .next_back();
+        if armed.is_some() || tokio::time::Instant::now() > deadline {
+            return armed;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A fault on the robot's paths for `hold`: the media to the console (`media`), or every
+/// gateway — and then the session it drives is revoked meanwhile, so that only its lease
+/// running out can stop it. Recorded as `control_cut` start and stop.
+pub(crate) async fn cut_robot(
+    cluster: &LabCluster,
+    recorder: &Recorder,
+    robot: &Robot,
+    media: bool,
+    hold: Duration,
+    seed: u64,
+) -> std::io::Result<()> {
+    use tether_chaos::history::{CutLink, Phase};
+    let link = if media {
+        CutLink::Media
+    } else {
+        CutLink::Gateway
+    };
+    let driving = wait_driving(&robot.events, 0.0, Duration::from_secs(1)).await;
+    let from: Vec<String> = if media {
+        vec![CONSOLE_HOST.to_owned()]
+    } else {
+        cluster.nodes.iter().map(|n| n.host.clone()).collect()
+    };
+    let from: Vec<&str> = from.iter().map(String::as_str).collect();
+    let cut = cluster.lab.cut(ROBOT_HOST, &from)?;
+    let process = format!("robot-{ROBOT}");
+    recorder.push(
+        &process,
+        None,
+        Body::ControlCut {
+            robot: ROBOT.into(),
+            link,
+            phase: Phase::Start,
+        },
+    );
+    if let (false, Some(sid)) = (media, driving) {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0xc07);
+        let node = cluster.nodes[rng.random_range(0..cluster.nodes.len())].id;
+        let op = Op::revoke(RevokeKind::Session, &sid);
+        recorder.push("nemesis-admin", Some(node), Body::Invoke { op: op.clone() });
+        let revoked = cluster
+            .client(node)
+            .revoke(&Target::Session(sid), "robot cut off", None)
+            .await
+            .map(|_| ());
+        recorder.push(
+            "nemesis-admin",
+            Some(node),
+            crate::run::completion(op, revoked),
+        );
+    }
+    tokio::time::sleep(hold.min(Duration::from_secs(3))).await;
+    cut.heal();
+    recorder.push(
+        &process,
+        None,
+        Body::ControlCut {
+            robot: ROBOT.into(),
+            link,
+            phase: Phase::Stop,
+        },
+    );
+    Ok(())
+}

@@ -23,15 +23,28 @@ pub enum Scenario {
     IsolateLeader,
     /// `kill -9` of the leader, then a restart.
     KillLeader,
+    /// Once the robot drives: the robot cut off from every gateway, and its session
+    /// revoked meanwhile (it can only stop by its lease running out), then healed.
+    RobotCut,
+    /// Once the robot drives: the console ↔ robot media cut (the robot must stop by its
+    /// control-loss timeout), then healed.
+    MediaCut,
 }
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 3] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::IsolateFollower,
         Scenario::IsolateLeader,
         Scenario::KillLeader,
+        Scenario::RobotCut,
+        Scenario::MediaCut,
     ];
+
+    /// Whether the fault is on the robot's paths (it needs the robot and its consoles).
+    pub fn on_robot(self) -> bool {
+        matches!(self, Scenario::RobotCut | Scenario::MediaCut)
+    }
 
     /// Its name on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -39,6 +52,8 @@ impl Scenario {
             Scenario::IsolateFollower => "isolate-follower",
             Scenario::IsolateLeader => "isolate-leader",
             Scenario::KillLeader => "kill-leader",
+            Scenario::RobotCut => "robot-cut",
+            Scenario::MediaCut => "media-cut",
         }
     }
 
@@ -217,7 +232,14 @@ pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
     let target = match options.scenario {
         Scenario::IsolateFollower => followers[rng.random_range(0..followers.len())],
         Scenario::IsolateLeader | Scenario::KillLeader => leader,
+        Scenario::RobotCut | Scenario::MediaCut => leader,
     };
+    if options.scenario.on_robot() && !options.robots {
+        return Err(std::io::Error::other(format!(
+            "{} needs the robot (leave out --no-robots)",
+            options.scenario.name()
+        )));
+    }
     let recorder = Recorder::default();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(cluster);
@@ -255,15 +277,39 @@ pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
     // Traffic before, then the fault, then traffic after healing.
     tokio::time::sleep(options.phase).await;
     let fault = options.scenario.name().to_owned();
-    let targets = vec![format!("n{target}")];
+    let on_robot = options.scenario.on_robot();
+    let targets = if on_robot {
+        vec![format!("robot-{}", crate::robots::ROBOT)]
+    } else {
+        vec![format!("n{target}")]
+    };
     let nemesis = |phase| Body::Nemesis {
         fault: fault.clone(),
         targets: targets.clone(),
         phase,
     };
-    recorder.push("nemesis", Some(target), nemesis(Phase::Start));
+    let node_of_fault = (!on_robot).then_some(target);
+    // A fault on the robot's paths waits until it drives (or 10 s).
+    if on_robot {
+        if let Some(r) = &robot {
+            crate::robots::wait_driving(&r.events_path(), now_ms(), Duration::from_secs(10)).await;
+        }
+    }
+    recorder.push("nemesis", node_of_fault, nemesis(Phase::Start));
     let fault_start = now_ms();
     match options.scenario {
+        Scenario::RobotCut | Scenario::MediaCut => {
+            let r = robot.as_ref().expect("checked above");
+            crate::robots::cut_robot(
+                &shared,
+                &recorder,
+                r,
+                options.scenario == Scenario::MediaCut,
+                options.phase,
+                options.seed,
+            )
+            .await?;
+        }
         Scenario::IsolateFollower | Scenario::IsolateLeader => {
             let cut = shared.lab.isolate(&shared.node(target).host)?;
             tokio::time::sleep(options.phase).await;
@@ -275,15 +321,17 @@ pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
         }
     }
     // A cut-off node and a killed one alike have no contact with a quorum meanwhile.
-    recorder.push(
-        "nemesis",
-        Some(target),
-        Body::QuorumLost {
-            from_ms: fault_start,
-            to_ms: now_ms(),
-        },
-    );
-    recorder.push("nemesis", Some(target), nemesis(Phase::Stop));
+    if !on_robot {
+        recorder.push(
+            "nemesis",
+            Some(target),
+            Body::QuorumLost {
+                from_ms: fault_start,
+                to_ms: now_ms(),
+            },
+        );
+    }
+    recorder.push("nemesis", node_of_fault, nemesis(Phase::Stop));
     if options.scenario == Scenario::KillLeader {
         shared.restart(target)?;
     }
