@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod gateway;
 pub mod http;
+pub mod planted;
 pub mod telemetry;
 
 use crate::config::NodeConfig;

@@ -252,7 +252,7 @@ impl Lab {
         Ok(cut)
     }
 
-    /// Cuts host `name` off from every other host (this process still reaches it).
+    /// Cuts host `name` off from every other host of the lab (this process still reaches it).
     pub fn isolate(&self, name: &str) -> io::Result<Cut> {
         let others: Vec<&str> = self
             .hosts

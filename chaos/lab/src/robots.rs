@@ -131,7 +131,13 @@ pub(crate) async fn drive(
                 let sid = e["session_id"].as_str()?.to_owned();
                 (e["event"] == "armed" && !seen.contains(&sid)).then_some(sid)
             });
-            if armed.is_some() || tokio::time::Instant::now() > deadline || *stop.borrow() {
+            // A console that gave up (its gateway was down) ends the wait: the next tries.
+            let gave_up = console.try_wait().is_some();
+            if armed.is_some()
+                || gave_up
+                || tokio::time::Instant::now() > deadline
+                || *stop.borrow()
+            {
                 break armed;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -81,6 +81,9 @@ pub struct RunOptions {
     /// A robot agent and consoles driving it over WebRTC, each in a namespace of its own;
     /// their sessions are revoked while they drive.
     pub robots: bool,
+    /// The node a node fault hits, instead of the scenario's choice (the chaos suite's own
+    /// tests aim a fault at the robot's gateway).
+    pub target: Option<u64>,
     /// Where the report goes.
     pub report: PathBuf,
     /// The `tether` binary the nodes run.
@@ -234,6 +237,7 @@ pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
         Scenario::IsolateLeader | Scenario::KillLeader => leader,
         Scenario::RobotCut | Scenario::MediaCut => leader,
     };
+    let target = options.target.unwrap_or(target);
     if options.scenario.on_robot() && !options.robots {
         return Err(std::io::Error::other(format!(
             "{} needs the robot (leave out --no-robots)",
@@ -289,12 +293,20 @@ pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
         phase,
     };
     let node_of_fault = (!on_robot).then_some(target);
-    // A fault on the robot's paths waits until it drives (or 10 s).
-    if on_robot {
+    // With a robot, the fault waits until it drives (or 10 s): a fault on its paths needs
+    // it, and a node fault should find it in a session.
+    {
         if let Some(r) = &robot {
             crate::robots::wait_driving(&r.events_path(), now_ms(), Duration::from_secs(10)).await;
         }
     }
+    // A session the node to be cut off knows, to be revoked while it cannot hear.
+    let probe = match options.scenario {
+        Scenario::IsolateFollower | Scenario::IsolateLeader => {
+            crate::sessions::probe_before(&shared, &recorder, target).await
+        }
+        _ => None,
+    };
     recorder.push("nemesis", node_of_fault, nemesis(Phase::Start));
     let fault_start = now_ms();
     match options.scenario {
@@ -311,8 +323,23 @@ pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
             .await?;
         }
         Scenario::IsolateFollower | Scenario::IsolateLeader => {
-            let cut = shared.lab.isolate(&shared.node(target).host)?;
-            tokio::time::sleep(options.phase).await;
+            // From the other nodes only: robots and consoles still reach it, as clients
+            // of a node in a minority would.
+            let others: Vec<String> = shared
+                .nodes
+                .iter()
+                .filter(|n| n.id != target)
+                .map(|n| n.host.clone())
+                .collect();
+            let others: Vec<&str> = others.iter().map(String::as_str).collect();
+            let cut = shared.lab.cut(&shared.node(target).host, &others)?;
+            let until = tokio::time::Instant::now() + options.phase;
+            if let Some(probe) = probe {
+                // Past the election timeout, so even a cut-off leader must know.
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                crate::sessions::probe_during(&shared, &recorder, target, probe).await;
+            }
+            tokio::time::sleep_until(until).await;
             cut.heal();
         }
         Scenario::KillLeader => {
@@ -335,7 +362,11 @@ pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
     if options.scenario == Scenario::KillLeader {
         shared.restart(target)?;
     }
-    tokio::time::sleep(options.phase).await;
+    // Traffic after healing outlasts the checkers' grace, so liveness has something to see;
+    // a robot needs a few seconds to drive again (a console reconnects, a new session
+    // arms), so at least 4 s besides the grace.
+    let after = options.phase.max(Duration::from_secs(4));
+    tokio::time::sleep(after + Duration::from_millis(Params::default().heal_grace_ms as u64)).await;
     let _ = stop_tx.send(true);
     for w in writers {
         let _ = w.await;

@@ -187,11 +187,115 @@ pub(crate) async fn operator(
         let acknowledged = revoked.is_ok();
         recorder.push(&admin_process, Some(node), completion(op, revoked));
         if acknowledged {
-            let node = pick(&mut rng);
-            recorder.push(&process, Some(node), Body::Invoke { op: join_op() });
-            let rejoined = join(&cluster, node, &session.token, &sid).await;
-            recorder.push(&process, Some(node), join_completion(join_op(), rejoined));
+            // Every node must refuse it now, a node cut off from the quorum included (it
+            // cannot know of the revocation, and must fail closed).
+            for node in ids.iter().copied() {
+                recorder.push(&process, Some(node), Body::Invoke { op: join_op() });
+                let rejoined = join(&cluster, node, &session.token, &sid).await;
+                recorder.push(&process, Some(node), join_completion(join_op(), rejoined));
+            }
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(10..40))).await;
     }
+}
+
+/// A session the cut-off node knows as active, whose revocation it cannot hear.
+pub(crate) struct Probe {
+    sid: String,
+    token: String,
+    jti: Option<String>,
+}
+
+/// Before a node is cut off: starts a session through another node and waits until the
+/// node to be cut off has applied it (up to 5 s).
+pub(crate) async fn probe_before(
+    cluster: &LabCluster,
+    recorder: &Recorder,
+    cut: u64,
+) -> Option<Probe> {
+    let other = cluster.nodes.iter().map(|n| n.id).find(|id| *id != cut)?;
+    let claims = Claims::new("prober", Role::Operator, Duration::from_secs(3600));
+    let login = cluster.secrets.minter().ok()?.mint(&claims).ok()?;
+    let client = Client::with_timeout(
+        &cluster.node(other).http.to_string(),
+        &login,
+        Duration::from_secs(5),
+    );
+    let mut op = Op::StartSession {
+        operator: "prober".into(),
+        robot: "robot-probe".into(),
+        session_id: None,
+        token_id: None,
+        credential: Some(claims.jti.clone()),
+    };
+    recorder.push("probe", Some(other), Body::Invoke { op: op.clone() });
+    let session = client.create_session("robot-probe").await.ok()?;
+    let jti = token_id(&session.token);
+    if let Op::StartSession {
+        session_id,
+        token_id,
+        ..
+    } = &mut op
+    {
+        *session_id = Some(session.session_id.clone());
+        *token_id = jti.clone();
+    }
+    recorder.push("probe", Some(other), Body::Ok { op });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        let known = cluster
+            .client(cut)
+            .sessions()
+            .await
+            .ok()
+            .is_some_and(|l| l.items.iter().any(|s| s.session_id == session.session_id));
+        if known {
+            return Some(Probe {
+                sid: session.session_id,
+                token: session.token,
+                jti,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// Once the node is cut off: revokes the probe's session through the majority, then joins
+/// it on the cut-off node, which cannot confirm with a quorum and must refuse.
+pub(crate) async fn probe_during(
+    cluster: &LabCluster,
+    recorder: &Recorder,
+    cut: u64,
+    probe: Probe,
+) {
+    let Some(other) = cluster.nodes.iter().map(|n| n.id).find(|id| *id != cut) else {
+        return;
+    };
+    let op = Op::revoke(RevokeKind::Session, &probe.sid);
+    recorder.push("probe-admin", Some(other), Body::Invoke { op: op.clone() });
+    let revoked = cluster
+        .client(other)
+        .revoke(&Target::Session(probe.sid.clone()), "probe", None)
+        .await
+        .map(|_| ());
+    let acknowledged = revoked.is_ok();
+    recorder.push("probe-admin", Some(other), completion(op, revoked));
+    if !acknowledged {
+        return;
+    }
+    let join_op = Op::Join {
+        session_id: probe.sid.clone(),
+        side: Side::Operator,
+        credential: probe.jti.clone(),
+    };
+    recorder.push(
+        "probe",
+        Some(cut),
+        Body::Invoke {
+            op: join_op.clone(),
+        },
+    );
+    let joined = join(cluster, cut, &probe.token, &probe.sid).await;
+    recorder.push("probe", Some(cut), join_completion(join_op, joined));
 }

@@ -116,6 +116,7 @@ async fn every_scenario_once_passes_its_checkers() {
             writers: 3,
             operators: 2,
             robots: true,
+            target: None,
             report: tether_chaos_lab::run::scenario_dir(root.path(), scenario),
             bin: bin.clone(),
         };

@@ -63,6 +63,7 @@ pub(crate) async fn chaos(command: ChaosCmd) -> Result<()> {
             writers: args.writers,
             operators: args.operators,
             robots: !args.no_robots,
+            target: None,
             report: scenario_dir(&args.report, scenario),
             bin: bin.clone(),
         };

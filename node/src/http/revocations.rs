@@ -102,6 +102,9 @@ pub(super) async fn revoke(
         token_max_ttl_s: state.verifier.max_ttl().as_secs(),
     };
     let command = into_command(body, &admin, lifetimes, now_ms())?;
+    if let Some(fake) = planted_drop(&command) {
+        return Ok(Json(fake));
+    }
     let started = Instant::now();
     let applied = state.commit_once(request, command).await?;
     metrics::histogram!(crate::telemetry::names::REVOCATION_COMMIT_SECONDS)
@@ -120,6 +123,41 @@ pub(super) async fn revoke(
             "unexpected apply result {other:?}"
         ))),
     }
+}
+
+/// The planted bug that acknowledges every 100th revocation without committing it.
+fn planted_drop(command: &Command) -> Option<RevokeResponse> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    if !crate::planted::is(crate::planted::PlantedBug::DropEvery100thRevocation) {
+        return None;
+    }
+    if SEEN.fetch_add(1, Ordering::Relaxed) % 100 != 99 {
+        return None;
+    }
+    let Command::Revoke {
+        kind,
+        target,
+        reason,
+        revoked_by,
+        at,
+        expires_at,
+    } = command
+    else {
+        return None;
+    };
+    let entry = tether_store::Revocation {
+        kind: *kind,
+        target: target.clone(),
+        revoked_at: *at,
+        reason: reason.clone(),
+        revoked_by: revoked_by.clone(),
+        expires_at: *expires_at,
+    };
+    Some(RevokeResponse {
+        revocation: (&entry).into(),
+        created: true,
+    })
 }
 
 fn parse_kind(text: &str) -> Result<RevocationKind, ApiError> {
