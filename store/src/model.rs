@@ -217,6 +217,29 @@ pub enum Command {
 }
 
 impl Command {
+    /// For a [`Command::Revoke`], the entry it proposes (as stored when it is new).
+    pub fn proposed_revocation(&self) -> Option<Revocation> {
+        let Command::Revoke {
+            kind,
+            target,
+            reason,
+            revoked_by,
+            at,
+            expires_at,
+        } = self
+        else {
+            return None;
+        };
+        Some(Revocation {
+            kind: *kind,
+            target: target.clone(),
+            revoked_at: *at,
+            reason: reason.clone(),
+            revoked_by: revoked_by.clone(),
+            expires_at: *expires_at,
+        })
+    }
+
     /// Wraps `command` so that it is applied at most once per `request` id.
     pub fn once(request: impl Into<String>, at: UnixMillis, command: Command) -> Command {
         Command::Once {

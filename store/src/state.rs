@@ -93,19 +93,11 @@ impl ReplicatedState {
                 kind,
                 target,
                 reason,
-                revoked_by,
                 at,
-                expires_at,
+                ..
             } => {
-                let entry = Revocation {
-                    kind: *kind,
-                    target: target.clone(),
-                    revoked_at: *at,
-                    reason: reason.clone(),
-                    revoked_by: revoked_by.clone(),
-                    expires_at: *expires_at,
-                };
-                let (entry, created, mut mutations) = self.revoke(entry);
+                let proposed = command.proposed_revocation().expect("a revoke");
+                let (entry, created, mut mutations) = self.revoke(proposed);
                 let ended = self.end_revoked_sessions(*kind, target, reason, *at);
                 mutations.extend(ended.iter().cloned().map(Mutation::PutSession));
                 (

@@ -5,15 +5,14 @@
 //! it received from the gateway it was connected to.
 
 use crate::cluster::LabCluster;
-use crate::run::Recorder;
+use crate::run::{recorded_revoke, Recorder};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
-use tether_api::Target;
+use tether_agent::events::EventsReader;
 use tether_chaos::history::{Body, Op, RevokeKind};
 use tether_devkit::ChildProcess;
 use tether_node::auth::Role;
@@ -28,12 +27,13 @@ pub const ROBOT: &str = "r1";
 /// The robot agent process; killed on drop.
 pub(crate) struct Robot {
     _agent: ChildProcess,
-    events: PathBuf,
+    /// Read incrementally: the runner polls it every 20 ms for a whole run.
+    events: Arc<EventsReader>,
 }
 
 impl Robot {
-    /// Its events file.
-    pub(crate) fn events_path(&self) -> PathBuf {
+    /// Its events file, as read so far.
+    pub(crate) fn events(&self) -> Arc<EventsReader> {
         self.events.clone()
     }
 }
@@ -64,16 +64,8 @@ pub(crate) fn start_robot(cluster: &LabCluster, dir: &Path) -> std::io::Result<R
         .stderr(log);
     Ok(Robot {
         _agent: ChildProcess::spawn(command)?,
-        events,
+        events: Arc::new(EventsReader::new(events)),
     })
-}
-
-fn read_events(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 /// Drives sessions until `stop`: a console starts one and drives it; once the robot has
@@ -82,7 +74,7 @@ fn read_events(path: &Path) -> Vec<Value> {
 pub(crate) async fn drive(
     cluster: Arc<LabCluster>,
     recorder: Recorder,
-    robot_events: PathBuf,
+    robot_events: Arc<EventsReader>,
     dir: PathBuf,
     seed: u64,
     stop: tokio::sync::watch::Receiver<bool>,
@@ -120,14 +112,15 @@ pub(crate) async fn drive(
             return;
         };
         // The robot arms for a session it has not armed for before.
-        let seen: Vec<String> = read_events(&robot_events)
+        let seen: Vec<String> = robot_events
+            .read()
             .iter()
             .filter(|e| e["event"] == "armed")
             .filter_map(|e| e["session_id"].as_str().map(str::to_owned))
             .collect();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         let session = loop {
-            let armed = read_events(&robot_events).into_iter().find_map(|e| {
+            let armed = robot_events.read().into_iter().find_map(|e| {
                 let sid = e["session_id"].as_str()?.to_owned();
                 (e["event"] == "armed" && !seen.contains(&sid)).then_some(sid)
             });
@@ -149,18 +142,16 @@ pub(crate) async fn drive(
         };
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1200))).await;
         let node = ids[rng.random_range(0..ids.len())];
-        let op = Op::revoke(RevokeKind::Session, &sid);
-        recorder.push("driver-admin", Some(node), Body::Invoke { op: op.clone() });
-        let revoked = cluster
-            .client(node)
-            .revoke(&Target::Session(sid.clone()), "chaos drive", None)
-            .await
-            .map(|_| ());
-        recorder.push(
+        let what = (RevokeKind::Session, sid.as_str());
+        recorded_revoke(
+            &cluster,
+            &recorder,
             "driver-admin",
-            Some(node),
-            crate::run::completion(op, revoked),
-        );
+            node,
+            what,
+            "chaos drive",
+        )
+        .await;
         // The console ends on its own when told; a stuck one is killed.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while console.try_wait().is_none() && tokio::time::Instant::now() < deadline {
@@ -174,7 +165,7 @@ pub(crate) async fn drive(
 /// leases it received, each lease attributed to the gateway it was connected to then.
 pub(crate) fn robot_history(cluster: &LabCluster, robot: &Robot, recorder: &Recorder) {
     let mut gateway: Option<u64> = None;
-    for e in read_events(&robot.events) {
+    for e in robot.events.read() {
         let t = e["t_ms"].as_f64().unwrap_or(0.0);
         let sid = e["session_id"].as_str().unwrap_or_default().to_owned();
         let body = match e["event"].as_str().unwrap_or_default() {
@@ -204,13 +195,14 @@ pub(crate) fn robot_history(cluster: &LabCluster, robot: &Robot, recorder: &Reco
 /// The session the robot armed for most recently at or after `since_ms`, waiting up to
 /// `timeout` for one.
 pub(crate) async fn wait_driving(
-    events: &Path,
+    events: &EventsReader,
     since_ms: f64,
     timeout: Duration,
 ) -> Option<String> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let armed = read_events(events)
+        let armed = events
+            .read()
             .into_iter()
             .filter(|e| e["event"] == "armed")
             .filter(|e| e["t_ms"].as_f64().unwrap_or(0.0) >= since_ms)
@@ -261,18 +253,16 @@ pub(crate) async fn cut_robot(
     if let (false, Some(sid)) = (media, driving) {
         let mut rng = StdRng::seed_from_u64(seed ^ 0xc07);
         let node = cluster.nodes[rng.random_range(0..cluster.nodes.len())].id;
-        let op = Op::revoke(RevokeKind::Session, &sid);
-        recorder.push("nemesis-admin", Some(node), Body::Invoke { op: op.clone() });
-        let revoked = cluster
-            .client(node)
-            .revoke(&Target::Session(sid), "robot cut off", None)
-            .await
-            .map(|_| ());
-        recorder.push(
+        let what = (RevokeKind::Session, sid.as_str());
+        recorded_revoke(
+            cluster,
+            recorder,
             "nemesis-admin",
-            Some(node),
-            crate::run::completion(op, revoked),
-        );
+            node,
+            what,
+            "robot cut off",
+        )
+        .await;
     }
     tokio::time::sleep(hold.min(Duration::from_secs(3))).await;
     cut.heal();

@@ -155,6 +155,33 @@ pub(crate) fn completion(op: Op, result: Result<(), ClientError>) -> Body {
     }
 }
 
+/// Revokes `kind`/`target` through node `node` as `process`, recording the invoke and its
+/// completion; true when acknowledged.
+pub(crate) async fn recorded_revoke(
+    cluster: &LabCluster,
+    recorder: &Recorder,
+    process: &str,
+    node: u64,
+    (kind, target): (RevokeKind, &str),
+    reason: &str,
+) -> bool {
+    let op = Op::revoke(kind, target);
+    recorder.push(process, Some(node), Body::Invoke { op: op.clone() });
+    let what = match kind {
+        RevokeKind::Session => Target::Session(target.to_owned()),
+        RevokeKind::Token => Target::Token(target.to_owned()),
+        RevokeKind::Operator => Target::Operator(target.to_owned()),
+    };
+    let result = cluster
+        .client(node)
+        .revoke(&what, reason, None)
+        .await
+        .map(|_| ());
+    let acknowledged = result.is_ok();
+    recorder.push(process, Some(node), completion(op, result));
+    acknowledged
+}
+
 /// One admin client: revokes unique token ids on random nodes until `stop`.
 async fn writer(
     cluster: Arc<LabCluster>,
@@ -172,14 +199,8 @@ async fn writer(
         }
         let node = ids[rng.random_range(0..ids.len())];
         let target = format!("jti-{index}-{n}");
-        let op = Op::revoke(RevokeKind::Token, &target);
-        recorder.push(&process, Some(node), Body::Invoke { op: op.clone() });
-        let result = cluster
-            .client(node)
-            .revoke(&Target::Token(target), "chaos", None)
-            .await
-            .map(|_| ());
-        recorder.push(&process, Some(node), completion(op, result));
+        let what = (RevokeKind::Token, target.as_str());
+        recorded_revoke(&cluster, &recorder, &process, node, what, "chaos").await;
         // A short, seeded pause keeps the load steady rather than flat out.
         tokio::time::sleep(Duration::from_millis(rng.random_range(5..25))).await;
     }
@@ -261,7 +282,7 @@ pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
             tokio::spawn(crate::robots::drive(
                 shared.clone(),
                 recorder.clone(),
-                r.events_path(),
+                r.events(),
                 options.report.clone(),
                 options.seed,
                 stop_rx.clone(),
@@ -297,7 +318,7 @@ pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
     // it, and a node fault should find it in a session.
     {
         if let Some(r) = &robot {
-            crate::robots::wait_driving(&r.events_path(), now_ms(), Duration::from_secs(10)).await;
+            crate::robots::wait_driving(&r.events(), now_ms(), Duration::from_secs(10)).await;
         }
     }
     // A session the node to be cut off knows, to be revoked while it cannot hear.

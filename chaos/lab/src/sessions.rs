@@ -4,14 +4,14 @@
 //! `no_stale_admission` and `liveness` have something to judge.
 
 use crate::cluster::LabCluster;
-use crate::run::{completion, Recorder};
+use crate::run::{completion, recorded_revoke, Recorder};
 use base64::Engine;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 use std::time::Duration;
 use tether_api::signal::{Incoming, SignalSocket};
-use tether_api::{Client, Target};
+use tether_api::Client;
 use tether_chaos::history::{Body, Op, RevokeKind, Side};
 use tether_node::auth::{Claims, Role};
 
@@ -177,16 +177,8 @@ pub(crate) async fn operator(
         }
         // Revoke it, then try to come back on a random node: a stale admission if let in.
         let node = pick(&mut rng);
-        let op = Op::revoke(RevokeKind::Session, &sid);
-        recorder.push(&admin_process, Some(node), Body::Invoke { op: op.clone() });
-        let revoked = cluster
-            .client(node)
-            .revoke(&Target::Session(sid.clone()), "chaos", None)
-            .await
-            .map(|_| ());
-        let acknowledged = revoked.is_ok();
-        recorder.push(&admin_process, Some(node), completion(op, revoked));
-        if acknowledged {
+        let what = (RevokeKind::Session, sid.as_str());
+        if recorded_revoke(&cluster, &recorder, &admin_process, node, what, "chaos").await {
             // Every node must refuse it now, a node cut off from the quorum included (it
             // cannot know of the revocation, and must fail closed).
             for node in ids.iter().copied() {
@@ -272,16 +264,8 @@ pub(crate) async fn probe_during(
     let Some(other) = cluster.nodes.iter().map(|n| n.id).find(|id| *id != cut) else {
         return;
     };
-    let op = Op::revoke(RevokeKind::Session, &probe.sid);
-    recorder.push("probe-admin", Some(other), Body::Invoke { op: op.clone() });
-    let revoked = cluster
-        .client(other)
-        .revoke(&Target::Session(probe.sid.clone()), "probe", None)
-        .await
-        .map(|_| ());
-    let acknowledged = revoked.is_ok();
-    recorder.push("probe-admin", Some(other), completion(op, revoked));
-    if !acknowledged {
+    let what = (RevokeKind::Session, probe.sid.as_str());
+    if !recorded_revoke(cluster, recorder, "probe-admin", other, what, "probe").await {
         return;
     }
     let join_op = Op::Join {

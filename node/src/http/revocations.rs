@@ -135,25 +135,7 @@ fn planted_drop(command: &Command) -> Option<RevokeResponse> {
     if SEEN.fetch_add(1, Ordering::Relaxed) % 100 != 99 {
         return None;
     }
-    let Command::Revoke {
-        kind,
-        target,
-        reason,
-        revoked_by,
-        at,
-        expires_at,
-    } = command
-    else {
-        return None;
-    };
-    let entry = tether_store::Revocation {
-        kind: *kind,
-        target: target.clone(),
-        revoked_at: *at,
-        reason: reason.clone(),
-        revoked_by: revoked_by.clone(),
-        expires_at: *expires_at,
-    };
+    let entry = command.proposed_revocation()?;
     Some(RevokeResponse {
         revocation: (&entry).into(),
         created: true,
