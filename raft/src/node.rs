@@ -324,21 +324,33 @@ impl RaftNode {
         command: Command,
         timeout: Duration,
     ) -> Result<Response, RaftNodeError> {
+        let started = Instant::now();
         let shared = self.shared.clone();
         let local_command = command.clone();
-        self.route_with(
-            timeout,
-            |leader, addr, remaining| {
-                self.forwarder
-                    .forward(leader, addr, command.clone(), remaining)
-            },
-            move || {
-                let shared = shared.clone();
-                let command = local_command.clone();
-                async move { shared.write_as_leader(command).await }
-            },
-        )
-        .await
+        let response = self
+            .route_with(
+                timeout,
+                |leader, addr, remaining| {
+                    self.forwarder
+                        .forward(leader, addr, command.clone(), remaining)
+                },
+                move || {
+                    let shared = shared.clone();
+                    let command = local_command.clone();
+                    async move { shared.write_as_leader(command).await }
+                },
+            )
+            .await?;
+        // The leader answers once it has applied; a follower acknowledges only once it has
+        // applied too, so a revocation it acknowledges is refused by it, and pushed to its
+        // robots, at once (a lossy link otherwise delays its apply by retransmissions).
+        if self.raft().metrics().borrow().current_leader != Some(self.id()) {
+            let remaining = timeout.saturating_sub(started.elapsed());
+            if let Err(e) = self.read_barrier(remaining).await {
+                tracing::warn!(error = %e, "a forwarded write committed but is not applied here yet");
+            }
+        }
+        Ok(response)
     }
 
     /// Returns once this node has applied everything committed before the call, as confirmed

@@ -160,9 +160,32 @@ impl LabCluster {
         }
     }
 
+    /// Freezes node `id` (`SIGSTOP`: its sockets stay open, it answers nothing) or thaws it
+    /// (`SIGCONT`).
+    pub fn pause(&self, id: u64, frozen: bool) {
+        use nix::sys::signal::{kill, Signal};
+        let signal = if frozen {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        if let Some(pid) = self.node(id).child().as_ref().and_then(ChildProcess::pid) {
+            let _ = kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+        }
+    }
+
     /// The `tether` binary the nodes run.
     pub fn bin(&self) -> &Path {
         &self.bin
+    }
+
+    /// The hosts of every node but `except`.
+    pub fn hosts_except(&self, except: &[u64]) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| !except.contains(&n.id))
+            .map(|n| n.host.clone())
+            .collect()
     }
 
     /// Every node's HTTP URL, comma-separated (for agents that fail over across them).

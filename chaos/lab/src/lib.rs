@@ -6,4 +6,5 @@ pub mod cluster;
 pub mod netns;
 pub mod robots;
 pub mod run;
+pub mod scenario;
 mod sessions;

@@ -233,16 +233,53 @@ impl Lab {
     /// Drops every packet between host `name` and the hosts `from` (both ways, by rules in
     /// `name`'s namespace) until the returned [`Cut`] heals or drops.
     pub fn cut(&self, name: &str, from: &[&str]) -> io::Result<Cut> {
+        self.rules(name, from, &[("INPUT", "-s"), ("OUTPUT", "-d")], &[])
+    }
+
+    /// Drops what host `name` sends to the hosts `to`, but not what they send it: an
+    /// asymmetric (one-way) cut.
+    pub fn cut_one_way(&self, name: &str, to: &[&str]) -> io::Result<Cut> {
+        self.rules(name, to, &[("OUTPUT", "-d")], &[])
+    }
+
+    /// Drops every `every`-th packet host `name` sends to each of the hosts `to` (iptables
+    /// `statistic` in its deterministic `nth` mode, so a run repeats): a lossy link.
+    pub fn lossy(&self, name: &str, to: &[&str], every: u32) -> io::Result<Cut> {
+        let every = every.max(2).to_string();
+        let matcher = [
+            "-m",
+            "statistic",
+            "--mode",
+            "nth",
+            "--every",
+            &every,
+            "--packet",
+            "0",
+        ];
+        self.rules(name, to, &[("OUTPUT", "-d")], &matcher)
+    }
+
+    /// One DROP rule per (chain, address flag) and peer in `name`'s namespace, with extra
+    /// `matcher` arguments; all removed when the [`Cut`] drops.
+    fn rules(
+        &self,
+        name: &str,
+        peers: &[&str],
+        chains: &[(&str, &str)],
+        matcher: &[&str],
+    ) -> io::Result<Cut> {
         let host = self.host(name);
         let mut cut = Cut {
             netns: host.netns.clone(),
             rules: Vec::new(),
         };
-        for other in from {
+        for other in peers {
             let addr = self.host(other).addr.to_string();
-            for (chain, flag) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
-                let rule: Vec<String> = [chain, flag, &addr, "-j", "DROP"]
+            for (chain, flag) in chains {
+                let rule: Vec<String> = [*chain, *flag, &addr]
                     .into_iter()
+                    .chain(matcher.iter().copied())
+                    .chain(["-j", "DROP"])
                     .map(str::to_owned)
                     .collect();
                 iptables(Some(&cut.netns), &[&["-I".to_owned()][..], &rule].concat())?;

@@ -5,6 +5,8 @@
 //! `history.jsonl`, `summary.json` and the node logs.
 
 use crate::cluster::LabCluster;
+use crate::scenario::FaultPlan;
+pub use crate::scenario::Scenario;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
@@ -13,55 +15,6 @@ use std::time::Duration;
 use tether_api::{ClientError, Target};
 use tether_chaos::check::{self, Params, Validity, Verdict};
 use tether_chaos::history::{Body, Event, History, Op, Phase, RevocationKey, RevokeKind};
-
-/// A fault and where it lands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scenario {
-    /// A follower cut off from every other node, then healed.
-    IsolateFollower,
-    /// The leader cut off from every other node, then healed.
-    IsolateLeader,
-    /// `kill -9` of the leader, then a restart.
-    KillLeader,
-    /// Once the robot drives: the robot cut off from every gateway, and its session
-    /// revoked meanwhile (it can only stop by its lease running out), then healed.
-    RobotCut,
-    /// Once the robot drives: the console ↔ robot media cut (the robot must stop by its
-    /// control-loss timeout), then healed.
-    MediaCut,
-}
-
-impl Scenario {
-    /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 5] = [
-        Scenario::IsolateFollower,
-        Scenario::IsolateLeader,
-        Scenario::KillLeader,
-        Scenario::RobotCut,
-        Scenario::MediaCut,
-    ];
-
-    /// Whether the fault is on the robot's paths (it needs the robot and its consoles).
-    pub fn on_robot(self) -> bool {
-        matches!(self, Scenario::RobotCut | Scenario::MediaCut)
-    }
-
-    /// Its name on the command line and in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Scenario::IsolateFollower => "isolate-follower",
-            Scenario::IsolateLeader => "isolate-leader",
-            Scenario::KillLeader => "kill-leader",
-            Scenario::RobotCut => "robot-cut",
-            Scenario::MediaCut => "media-cut",
-        }
-    }
-
-    /// The scenario called `name`.
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.name() == name)
-    }
-}
 
 /// How a run goes.
 #[derive(Clone, Debug)]
@@ -254,11 +207,13 @@ pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
     let mut rng = StdRng::seed_from_u64(options.seed);
     let followers: Vec<u64> = (1..=options.nodes).filter(|id| *id != leader).collect();
     let target = match options.scenario {
-        Scenario::IsolateFollower => followers[rng.random_range(0..followers.len())],
-        Scenario::IsolateLeader | Scenario::KillLeader => leader,
-        Scenario::RobotCut | Scenario::MediaCut => leader,
+        Scenario::IsolateFollower | Scenario::PauseFollower => {
+            followers[rng.random_range(0..followers.len())]
+        }
+        _ => leader,
     };
     let target = options.target.unwrap_or(target);
+    let plan = FaultPlan::new(options.scenario, target, options.nodes, &mut rng);
     if options.scenario.on_robot() && !options.robots {
         return Err(std::io::Error::other(format!(
             "{} needs the robot (leave out --no-robots)",
@@ -306,14 +261,14 @@ pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
     let targets = if on_robot {
         vec![format!("robot-{}", crate::robots::ROBOT)]
     } else {
-        vec![format!("n{target}")]
+        plan.hit.iter().map(|id| format!("n{id}")).collect()
     };
     let nemesis = |phase| Body::Nemesis {
         fault: fault.clone(),
         targets: targets.clone(),
         phase,
     };
-    let node_of_fault = (!on_robot).then_some(target);
+    let node_of_fault = (!on_robot && plan.hit.len() == 1).then_some(target);
     // With a robot, the fault waits until it drives (or 10 s): a fault on its paths needs
     // it, and a node fault should find it in a session.
     {
@@ -323,8 +278,8 @@ pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
     }
     // A session the node to be cut off knows, to be revoked while it cannot hear.
     let probe = match options.scenario {
-        Scenario::IsolateFollower | Scenario::IsolateLeader => {
-            crate::sessions::probe_before(&shared, &recorder, target).await
+        Scenario::IsolateFollower | Scenario::IsolateLeader | Scenario::RandomHalves => {
+            crate::sessions::probe_before(&shared, &recorder, plan.hit[0]).await
         }
         _ => None,
     };
@@ -343,45 +298,78 @@ pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
             )
             .await?;
         }
-        Scenario::IsolateFollower | Scenario::IsolateLeader => {
+        Scenario::IsolateFollower | Scenario::IsolateLeader | Scenario::RandomHalves => {
             // From the other nodes only: robots and consoles still reach it, as clients
             // of a node in a minority would.
-            let others: Vec<String> = shared
-                .nodes
-                .iter()
-                .filter(|n| n.id != target)
-                .map(|n| n.host.clone())
-                .collect();
-            let others: Vec<&str> = others.iter().map(String::as_str).collect();
-            let cut = shared.lab.cut(&shared.node(target).host, &others)?;
+            let mut cuts = Vec::new();
+            for id in &plan.hit {
+                let others = shared.hosts_except(&plan.hit);
+                let others: Vec<&str> = others.iter().map(String::as_str).collect();
+                cuts.push(shared.lab.cut(&shared.node(*id).host, &others)?);
+            }
             let until = tokio::time::Instant::now() + options.phase;
             if let Some(probe) = probe {
                 // Past the election timeout, so even a cut-off leader must know.
                 tokio::time::sleep(Duration::from_millis(700)).await;
-                crate::sessions::probe_during(&shared, &recorder, target, probe).await;
+                crate::sessions::probe_during(&shared, &recorder, plan.hit[0], probe).await;
             }
             tokio::time::sleep_until(until).await;
-            cut.heal();
+            drop(cuts);
         }
-        Scenario::KillLeader => {
-            shared.kill(target);
+        Scenario::OneWayLeader | Scenario::LossyLinks => {
+            let mut cuts = Vec::new();
+            for id in &plan.hit {
+                let others = shared.hosts_except(&[*id]);
+                let others: Vec<&str> = others.iter().map(String::as_str).collect();
+                let host = &shared.node(*id).host;
+                cuts.push(match options.scenario {
+                    Scenario::OneWayLeader => shared.lab.cut_one_way(host, &others)?,
+                    _ => shared.lab.lossy(host, &others, 3)?,
+                });
+            }
+            tokio::time::sleep(options.phase).await;
+            drop(cuts);
+        }
+        Scenario::KillLeader | Scenario::KillMajority | Scenario::KillAll => {
+            for id in &plan.hit {
+                shared.kill(*id);
+            }
             tokio::time::sleep(options.phase).await;
         }
+        Scenario::PauseLeader | Scenario::PauseFollower => {
+            for id in &plan.hit {
+                shared.pause(*id, true);
+            }
+            let pause = options
+                .phase
+                .clamp(Duration::from_secs(1), Duration::from_secs(10));
+            tokio::time::sleep(pause).await;
+            for id in &plan.hit {
+                shared.pause(*id, false);
+            }
+        }
     }
-    // A cut-off node and a killed one alike have no contact with a quorum meanwhile.
-    if !on_robot {
+    // A cut-off node, a killed one and a frozen one alike have no contact with a quorum
+    // meanwhile (with a majority killed, the survivors have none either).
+    let fault_end = now_ms();
+    for id in &plan.quorum_lost {
         recorder.push(
             "nemesis",
-            Some(target),
+            Some(*id),
             Body::QuorumLost {
                 from_ms: fault_start,
-                to_ms: now_ms(),
+                to_ms: fault_end,
             },
         );
     }
     recorder.push("nemesis", node_of_fault, nemesis(Phase::Stop));
-    if options.scenario == Scenario::KillLeader {
-        shared.restart(target)?;
+    if matches!(
+        options.scenario,
+        Scenario::KillLeader | Scenario::KillMajority | Scenario::KillAll
+    ) {
+        for id in &plan.hit {
+            shared.restart(*id)?;
+        }
     }
     // Traffic after healing outlasts the checkers' grace, so liveness has something to see;
     // a robot needs a few seconds to drive again (a console reconnects, a new session
@@ -413,6 +401,16 @@ pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
     drop(robot);
     let history = recorder.history();
     tether_chaos::history::write_jsonl(&options.report.join("history.jsonl"), &history)
+        .map_err(std::io::Error::other)?;
+    let nemesis_log = History::new(
+        history
+            .events
+            .iter()
+            .filter(|e| matches!(e.body, Body::Nemesis { .. } | Body::QuorumLost { .. }))
+            .cloned()
+            .collect(),
+    );
+    tether_chaos::history::write_jsonl(&options.report.join("nemesis.jsonl"), &nemesis_log)
         .map_err(std::io::Error::other)?;
     for node in 1..=options.nodes {
         std::fs::write(

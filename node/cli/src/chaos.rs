@@ -15,7 +15,9 @@ pub(crate) enum ChaosCmd {
 
 #[derive(Args)]
 pub(crate) struct ChaosRunArgs {
-    /// `isolate-follower`, `isolate-leader`, `kill-leader`, or `all`.
+    /// A scenario's name (see docs/chaos.md: isolate-follower, isolate-leader, kill-leader,
+    /// kill-majority, kill-all, pause-leader, pause-follower, random-halves, one-way-leader,
+    /// lossy-links, robot-cut, media-cut), or `all`.
     #[arg(long, default_value = "all")]
     scenario: String,
     /// Seeds the workload and the choice of fault targets.
@@ -47,9 +49,8 @@ pub(crate) async fn chaos(command: ChaosCmd) -> Result<()> {
         .map_err(|why| anyhow::anyhow!("the chaos suite cannot run here: {why}"))?;
     let scenarios: Vec<Scenario> = match args.scenario.as_str() {
         "all" => Scenario::ALL.to_vec(),
-        name => vec![Scenario::parse(name).with_context(|| {
-            format!("no scenario {name:?} (isolate-follower, isolate-leader, kill-leader, all)")
-        })?],
+        name => vec![Scenario::parse(name)
+            .with_context(|| format!("no scenario {name:?} ({}, or all)", Scenario::names()))?],
     };
     let bin = std::env::current_exe()?;
     let mut failed = Vec::new();
