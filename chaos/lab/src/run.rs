@@ -301,10 +301,10 @@ pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
         Scenario::IsolateFollower | Scenario::IsolateLeader | Scenario::RandomHalves => {
             // From the other nodes only: robots and consoles still reach it, as clients
             // of a node in a minority would.
+            let others = shared.hosts_except(&plan.hit);
+            let others: Vec<&str> = others.iter().map(String::as_str).collect();
             let mut cuts = Vec::new();
             for id in &plan.hit {
-                let others = shared.hosts_except(&plan.hit);
-                let others: Vec<&str> = others.iter().map(String::as_str).collect();
                 cuts.push(shared.lab.cut(&shared.node(*id).host, &others)?);
             }
             let until = tokio::time::Instant::now() + options.phase;
