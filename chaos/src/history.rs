@@ -1,6 +1,9 @@
 //! The history of a chaos run: Jepsen-style invoke → ok / fail / info operations and the
 //! robots', consoles' and nemesis' single observations, on CLOCK_MONOTONIC milliseconds,
 //! saved as JSON lines so that a history re-checks anywhere.
+//!
+//! Long file: the history's whole vocabulary (operations, bodies, outcomes, the pairing of
+//! invokes with completions and the JSON-lines codec) is one wire format, kept together.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -286,6 +289,18 @@ pub enum Body {
         from_ms: f64,
         /// To.
         to_ms: f64,
+    },
+    /// A majority of the nodes stayed connected to each other over `[from_ms, to_ms]`
+    /// despite the fault (a follower cut off, a lossy or slow mesh): writes must keep
+    /// committing in it.
+    QuorumKept {
+        /// From.
+        from_ms: f64,
+        /// To.
+        to_ms: f64,
+        /// The nodes of that majority, whose writes must commit (empty: every node).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        nodes: Vec<u64>,
     },
 }
 

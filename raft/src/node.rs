@@ -25,7 +25,8 @@ use tokio::time::Instant;
 /// Raft timing and log compaction.
 #[derive(Clone, Debug)]
 pub struct RaftTiming {
-    /// Leader heartbeat period; also the append-entries RPC timeout.
+    /// Leader heartbeat period; openraft also times every append-entries RPC out after it,
+    /// so it must exceed the worst node-to-node round trip plus a follower's fsync.
     pub heartbeat_ms: u64,
     /// Lower bound of the randomized election timeout.
     pub election_min_ms: u64,
@@ -200,6 +201,8 @@ impl RaftNode {
             term: m.current_term,
             last_log_index: m.last_log_index,
             applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
             members,
         }
     }

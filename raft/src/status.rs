@@ -31,6 +31,11 @@ pub struct RaftStatus {
     pub last_log_index: Option<u64>,
     /// Applied index on this node.
     pub applied_index: Option<u64>,
+    /// The last log index this node's latest snapshot covers.
+    pub snapshot_index: Option<u64>,
+    /// The last log index this node has purged (compacted away): a follower behind it can
+    /// only catch up from this node by snapshot.
+    pub purged_index: Option<u64>,
     /// The members of the current configuration, by id.
     pub members: Vec<MemberStatus>,
 }

@@ -48,6 +48,9 @@ impl LabNode {
 pub struct LabCluster {
     /// The namespaces (dropped after the nodes: fields drop in order).
     pub nodes: Vec<LabNode>,
+    /// The relays on the node-to-node links, when the run impairs them (their DNAT rules go
+    /// before the lab).
+    pub relays: Option<crate::relay::Relays>,
     /// The lab.
     pub lab: Lab,
     /// Keys, configs, data, logs.
@@ -68,6 +71,19 @@ impl LabCluster {
 
     /// [`Self::start`], with more hosts (robots, consoles) in the lab beside the nodes.
     pub fn start_with_hosts(
+        bin: &Path,
+        n: u64,
+        extra_hosts: &[&str],
+        tweak: impl Fn(&mut NodeConfig),
+    ) -> io::Result<Self> {
+        let cluster = Self::prepare(bin, n, extra_hosts, tweak)?;
+        cluster.start_nodes()?;
+        Ok(cluster)
+    }
+
+    /// [`Self::start_with_hosts`] without starting the nodes, so that the network can be
+    /// prepared first ([`Self::start_relays`]); [`Self::start_nodes`] starts them.
+    pub fn prepare(
         bin: &Path,
         n: u64,
         extra_hosts: &[&str],
@@ -103,18 +119,40 @@ impl LabCluster {
             });
         }
         let admin_token = secrets.mint("admin", Role::Admin, Duration::from_secs(3600))?;
-        let cluster = Self {
+        Ok(Self {
             nodes,
+            relays: None,
             lab,
             dir,
             secrets,
             admin_token,
             bin: bin.to_owned(),
-        };
-        for id in 1..=n {
-            cluster.restart(id)?;
+        })
+    }
+
+    /// Starts every node that is not running.
+    pub fn start_nodes(&self) -> io::Result<()> {
+        for node in &self.nodes {
+            self.restart(node.id)?;
         }
-        Ok(cluster)
+        Ok(())
+    }
+
+    /// Puts a seeded relay on every directed node-to-node link ([`crate::relay`]); before
+    /// [`Self::start_nodes`], or the nodes' flows bypass them.
+    pub async fn start_relays(&mut self, seed: u64) -> io::Result<()> {
+        let nodes: Vec<crate::relay::RelayedNode<'_>> = self
+            .nodes
+            .iter()
+            .map(|n| crate::relay::RelayedNode {
+                id: n.id,
+                host: &n.host,
+                raft: SocketAddr::new(n.http.ip(), RAFT_PORT),
+            })
+            .collect();
+        let relays = crate::relay::Relays::start(&self.lab, &nodes, seed).await?;
+        self.relays = Some(relays);
+        Ok(())
     }
 
     /// Node `id`.

@@ -3,7 +3,10 @@
 //! and per host. The history, the checkers and the report live in `tether-chaos` (pure).
 
 pub mod cluster;
+mod nemesis;
 pub mod netns;
+mod recorder;
+pub mod relay;
 pub mod robots;
 pub mod run;
 pub mod scenario;

@@ -259,6 +259,58 @@ impl Lab {
         self.rules(name, to, &[("OUTPUT", "-d")], &matcher)
     }
 
+    /// Sends what host `name` sends to `to`:`port` over UDP to `relay` instead (a DNAT
+    /// rule in `name`'s `nat` table; conntrack rewrites the replies back, so `name` still
+    /// sees `to`:`port` answering). Only flows that begin after the rule are diverted:
+    /// install it before the processes start talking.
+    pub fn divert_udp(
+        &self,
+        name: &str,
+        to: Ipv4Addr,
+        port: u16,
+        relay: std::net::SocketAddr,
+    ) -> io::Result<Nat> {
+        let rule: Vec<String> = [
+            "OUTPUT",
+            "-p",
+            "udp",
+            "-d",
+            &to.to_string(),
+            "--dport",
+            &port.to_string(),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &relay.to_string(),
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        let netns = self.host(name).netns.clone();
+        let table = ["-t".to_owned(), "nat".to_owned()];
+        iptables(
+            Some(&netns),
+            &[&table[..], &["-A".to_owned()], &rule].concat(),
+        )?;
+        Ok(Nat {
+            netns,
+            rule: [&table[..], &["-D".to_owned()], &rule].concat(),
+        })
+    }
+
+    /// Limits what host `name` sends to `kbit` kbit/s (a `tbf` queueing discipline on its
+    /// interface; this kernel has no netem, tbf it has) until the [`Throttle`] drops.
+    pub fn throttle(&self, name: &str, kbit: u32) -> io::Result<Throttle> {
+        let netns = self.host(name).netns.clone();
+        let rate = format!("{kbit}kbit");
+        // A burst of a few full frames and half a second of queue: beyond that, drops.
+        ip(&[
+            "netns", "exec", &netns, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate",
+            &rate, "burst", "16kb", "latency", "500ms",
+        ])?;
+        Ok(Throttle { netns })
+    }
+
     /// One DROP rule per (chain, address flag) and peer in `name`'s namespace, with extra
     /// `matcher` arguments; all removed when the [`Cut`] drops.
     fn rules(
@@ -335,6 +387,41 @@ impl Drop for Cut {
         for rule in &self.rules {
             let _ = iptables(Some(&self.netns), &[&["-D".to_owned()][..], rule].concat());
         }
+    }
+}
+
+/// A DNAT rule inside one namespace ([`Lab::divert_udp`]); removed on drop.
+#[derive(Debug)]
+pub struct Nat {
+    netns: String,
+    rule: Vec<String>,
+}
+
+impl Drop for Nat {
+    fn drop(&mut self) {
+        let _ = iptables(Some(&self.netns), &self.rule);
+    }
+}
+
+/// A rate limit on a host's interface ([`Lab::throttle`]); removed on drop.
+#[derive(Debug)]
+pub struct Throttle {
+    netns: String,
+}
+
+impl Drop for Throttle {
+    fn drop(&mut self) {
+        let _ = ip(&[
+            "netns",
+            "exec",
+            &self.netns,
+            "tc",
+            "qdisc",
+            "del",
+            "dev",
+            "eth0",
+            "root",
+        ]);
     }
 }
 

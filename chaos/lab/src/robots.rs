@@ -5,7 +5,7 @@
 //! it received from the gateway it was connected to.
 
 use crate::cluster::LabCluster;
-use crate::run::{recorded_revoke, Recorder};
+use crate::recorder::{recorded_revoke, Recorder};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
@@ -190,6 +190,16 @@ pub(crate) fn robot_history(cluster: &LabCluster, robot: &Robot, recorder: &Reco
         };
         recorder.push_at(t, &format!("robot-{ROBOT}"), gateway, body);
     }
+}
+
+/// The gateway node the robot is connected to now (its latest `gateway_connected`).
+pub(crate) fn gateway_of(cluster: &LabCluster, robot: &Robot) -> Option<u64> {
+    let events = robot.events.read();
+    let connected = events
+        .iter()
+        .rev()
+        .find(|e| e["event"] == "gateway_connected")?;
+    cluster.node_at(connected["gateway"].as_str()?)
 }
 
 /// The session the robot armed for most recently at or after `since_ms`, waiting up to

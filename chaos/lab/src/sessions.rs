@@ -4,7 +4,7 @@
 //! `no_stale_admission` and `liveness` have something to judge.
 
 use crate::cluster::LabCluster;
-use crate::run::{completion, recorded_revoke, Recorder};
+use crate::recorder::{completion, recorded_revoke, Recorder};
 use base64::Engine;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -98,30 +98,33 @@ fn a_lab_is_removed_when_it_drops() {
 }
 
 /// The short suite CI runs: every scenario once with a fixed seed; each must pass its
-/// checkers with non-trivial counts (thousands of operations, hundreds of rejoins of
-/// revoked sessions refused).
+/// checkers with non-trivial counts (hundreds of acknowledged revocations, dozens of
+/// rejoins of revoked sessions refused). Every scenario runs even when one fails; the
+/// reports stay in `target/tmp/chaos-ci/` for a look afterwards.
 #[tokio::test]
 async fn every_scenario_once_passes_its_checkers() {
     if skip() {
         return;
     }
     let bin = tether_devkit::tether_bin().expect("the tether binary");
-    let root = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("chaos-ci");
+    let _ = std::fs::remove_dir_all(&root);
+    let mut failures = Vec::new();
     for scenario in tether_chaos_lab::run::Scenario::ALL {
         let options = tether_chaos_lab::run::RunOptions {
             scenario,
             seed: 1,
-            nodes: 3,
+            nodes: scenario.min_nodes(),
             phase: Duration::from_secs(2),
             writers: 3,
             operators: 2,
             robots: true,
             target: None,
-            report: tether_chaos_lab::run::scenario_dir(root.path(), scenario),
+            report: tether_chaos_lab::run::scenario_dir(&root, scenario),
             bin: bin.clone(),
+            progress: false,
         };
         let summary = tether_chaos_lab::run::run(&options).await.expect("the run");
-        assert!(summary.valid, "{}: {summary:#?}", scenario.name());
         let count = |checker: &str, key: &str| {
             summary
                 .verdicts
@@ -130,15 +133,23 @@ async fn every_scenario_once_passes_its_checkers() {
                 .and_then(|v| v.counts.get(key).copied())
                 .unwrap_or(0)
         };
-        assert!(
-            count("no_lost_revocation", "acknowledged") > 200,
-            "{summary:#?}"
+        let acked = count("no_lost_revocation", "acknowledged");
+        let denied = count("no_stale_admission", "denied_after_ack");
+        eprintln!(
+            "{:<18} valid {} acknowledged {acked} denied after ack {denied}",
+            scenario.name(),
+            summary.valid
         );
-        assert!(
-            count("no_stale_admission", "denied_after_ack") > 20,
-            "{summary:#?}"
-        );
-        assert!(options.report.join("history.jsonl").exists());
-        assert!(options.report.join("summary.json").exists());
+        if !summary.valid || acked <= 200 || denied <= 20 {
+            failures.push(format!(
+                "{} (report in {}): {summary:#?}",
+                scenario.name(),
+                options.report.display()
+            ));
+        }
+        for file in ["history.jsonl", "summary.json", "index.html"] {
+            assert!(options.report.join(file).exists(), "{file} missing");
+        }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

@@ -141,6 +141,11 @@ pub fn bounded_control(history: &History, params: &Params) -> Verdict {
             json!({
                 "ack_to_last_command_ms": percentiles(&f.last_command),
                 "ack_to_safe_stop_ms": percentiles(&f.safe_stop),
+                // Every figure, for the report's histograms (one per revoked session).
+                "samples": {
+                    "ack_to_last_command_ms": f.last_command.iter().copied().map(us).collect::<Vec<_>>(),
+                    "ack_to_safe_stop_ms": f.safe_stop.iter().copied().map(us).collect::<Vec<_>>(),
+                },
             }),
         );
     }

@@ -1,6 +1,7 @@
 //! The checkers: pure functions from a saved history to a verdict with a minimal
 //! counterexample, so a history saved by a run (or kept as a fixture) re-checks in CI.
 
+mod available;
 mod bounded;
 mod common;
 mod control_loss;
@@ -9,6 +10,7 @@ mod liveness;
 mod lost;
 mod stale;
 
+pub use available::majority_available;
 pub use bounded::bounded_control;
 pub use control_loss::control_loss;
 pub use fail_closed::fail_closed;
@@ -145,5 +147,6 @@ pub fn check_all(history: &History, params: &Params) -> Vec<Verdict> {
         bounded_control(history, params),
         control_loss(history, params),
         liveness(history, params),
+        majority_available(history, params),
     ]
 }

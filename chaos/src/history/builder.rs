@@ -146,6 +146,17 @@ impl Builder {
         )
     }
 
+    /// The majority `nodes` (empty: every node) stayed connected over `[from_ms, to_ms]`.
+    pub fn quorum_kept(&mut self, from_ms: f64, to_ms: f64, nodes: &[u64]) -> &mut Self {
+        let nodes = nodes.to_vec();
+        let body = Body::QuorumKept {
+            from_ms,
+            to_ms,
+            nodes,
+        };
+        self.push(from_ms, "runner", None, body)
+    }
+
     /// The history, sorted by time.
     pub fn build(&mut self) -> History {
         History::new(std::mem::take(&mut self.events))

@@ -123,6 +123,12 @@ pub struct ClusterView {
     pub applied_index: Option<u64>,
     /// Committed but not yet applied here.
     pub lag: u64,
+    /// The last log index this node's latest snapshot covers.
+    #[serde(default)]
+    pub snapshot_index: Option<u64>,
+    /// The last log index compacted away here: a follower behind it catches up by snapshot.
+    #[serde(default)]
+    pub purged_index: Option<u64>,
     /// Stored revocations on this node.
     pub revocations: usize,
 }

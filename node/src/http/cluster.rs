@@ -37,6 +37,8 @@ pub async fn cluster_view(raft: &RaftNode) -> Result<ClusterView, ApiError> {
         commit_index: committed,
         applied_index: applied,
         lag: committed.unwrap_or(0).saturating_sub(applied.unwrap_or(0)),
+        snapshot_index: status.snapshot_index,
+        purged_index: status.purged_index,
         revocations: raft.view().read().len(),
     })
 }
