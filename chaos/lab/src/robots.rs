@@ -141,17 +141,26 @@ pub(crate) async fn drive(
             continue;
         };
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1200))).await;
-        let node = ids[rng.random_range(0..ids.len())];
+        // Revoked until acknowledged, as an admin would retry: a session left active
+        // (its revocation lost with a killed majority) keeps the robot busy, and sessions
+        // do not end on their own yet (issue 13's idle timeout).
         let what = (RevokeKind::Session, sid.as_str());
-        recorded_revoke(
-            &cluster,
-            &recorder,
-            "driver-admin",
-            node,
-            what,
-            "chaos drive",
-        )
-        .await;
+        loop {
+            let node = ids[rng.random_range(0..ids.len())];
+            let acknowledged = recorded_revoke(
+                &cluster,
+                &recorder,
+                "driver-admin",
+                node,
+                what,
+                "chaos drive",
+            )
+            .await;
+            if acknowledged || *stop.borrow() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         // The console ends on its own when told; a stuck one is killed.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while console.try_wait().is_none() && tokio::time::Instant::now() < deadline {

@@ -1,9 +1,12 @@
 //! One chaos run: a lab cluster, a workload of concurrent revocations, sessions and a
 //! robot driving over WebRTC (every call recorded invoke → ok / fail / info), one seeded
-//! fault with traffic before, during and after it, a final read of every node once healed,
-//! and the checkers of `tether-chaos` over the saved history. The report directory gets
-//! `history.jsonl`, `nemesis.jsonl`, `summary.json`, the node, robot and console logs, and
-//! `index.html`.
+//! kind of fault in rounds with traffic before, during, between and after, a final read of
+//! every node once healed, and the checkers of `tether-chaos` over the saved history. The
+//! report directory gets `history.jsonl`, `nemesis.jsonl`, `summary.json`, the node, robot
+//! and console logs, and `index.html`.
+//!
+//! Long file: a run is one sequence (lab, workload, rounds of the fault, final reads,
+//! checks, report) whose steps share its state; read top to bottom.
 
 use crate::cluster::LabCluster;
 use crate::nemesis::{caught_up_by_snapshot, Aftermath, Fault};
@@ -28,8 +31,11 @@ pub struct RunOptions {
     pub seed: u64,
     /// Gateway nodes (3 or 5).
     pub nodes: u64,
-    /// Traffic before the fault, during it and after healing, each.
+    /// Traffic before the fault, during it and after healing, each (and between rounds).
     pub phase: Duration,
+    /// Times the fault is inflicted and healed, with traffic between (at least 1; a
+    /// snapshot catch-up is one long fault).
+    pub rounds: u32,
     /// Concurrent admin clients.
     pub writers: usize,
     /// Concurrent operators (start, join, end or revoke-and-rejoin sessions).
@@ -296,48 +302,66 @@ pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
     if let Some(r) = &robot {
         crate::robots::wait_driving(&r.events(), now_ms(), Duration::from_secs(10)).await;
     }
-    // Where the fault lands: the leader as it is now, a follower, or the robot's gateway.
-    let leader = shared
-        .wait_for_leader(Duration::from_secs(5))
-        .await
-        .unwrap_or(leader);
-    let followers: Vec<u64> = (1..=options.nodes).filter(|id| *id != leader).collect();
-    let target = match scenario {
-        Scenario::IsolateFollower | Scenario::PauseFollower | Scenario::SnapshotCatchUp => {
-            followers[rng.random_range(0..followers.len())]
-        }
-        Scenario::GatewayMinority => robot
-            .as_ref()
-            .and_then(|r| crate::robots::gateway_of(&shared, r))
-            .unwrap_or(leader),
-        _ => leader,
-    };
-    let target = options.target.unwrap_or(target);
-    let plan = FaultPlan::new(scenario, target, options.nodes, &mut rng);
-    // A session the node to be cut off knows, to be revoked while it cannot hear.
-    let probe = match scenario {
-        Scenario::IsolateFollower | Scenario::IsolateLeader | Scenario::RandomHalves => {
-            crate::sessions::probe_before(&shared, &recorder, plan.hit[0]).await
-        }
-        _ => None,
-    };
     stage.set("fault");
-    let fault = Fault {
-        cluster: &shared,
-        recorder: &recorder,
-        robot: robot.as_ref(),
-        scenario,
-        plan: &plan,
-        hold: options.phase,
-        seed: options.seed,
+    let rounds = match scenario {
+        Scenario::SnapshotCatchUp => 1,
+        _ => options.rounds.max(1),
     };
-    let mut aftermath = fault.inflict(probe).await?;
+    let mut aftermath = Aftermath::default();
+    for round in 0..rounds {
+        if round > 0 {
+            // Healed traffic between the rounds; the next fault, like the first, finds the
+            // robot driving (a revoked session is replaced by a console's next one).
+            stage.set("between");
+            tokio::time::sleep(options.phase).await;
+            if let Some(r) = &robot {
+                crate::robots::wait_driving(&r.events(), now_ms(), Duration::from_secs(10)).await;
+            }
+            stage.set("fault");
+        }
+        let target = fault_target(&shared, scenario, robot.as_ref(), leader, &mut rng).await;
+        let target = options.target.unwrap_or(target);
+        let plan = FaultPlan::new(scenario, target, options.nodes, &mut rng);
+        // A session the node to be cut off knows, to be revoked while it cannot hear.
+        let probe = match scenario {
+            Scenario::IsolateFollower | Scenario::IsolateLeader | Scenario::RandomHalves => {
+                crate::sessions::probe_before(&shared, &recorder, plan.hit[0]).await
+            }
+            _ => None,
+        };
+        let fault = Fault {
+            cluster: &shared,
+            recorder: &recorder,
+            robot: robot.as_ref(),
+            scenario,
+            plan: &plan,
+            hold: options.phase,
+            seed: options.seed.wrapping_add(u64::from(round)),
+        };
+        let this = fault.inflict(probe).await?;
+        aftermath.premise_failed = aftermath.premise_failed.or(this.premise_failed);
+        aftermath.facts.extend(this.facts);
+    }
     stage.set("healed");
     // Traffic after healing outlasts the checkers' grace, so liveness has something to see;
     // a robot needs a few seconds to drive again (a console reconnects, a new session
     // arms), so at least 4 s besides the grace.
+    let healed_at = now_ms();
+    let grace_ms = Params::default().heal_grace_ms;
     let after = options.phase.max(Duration::from_secs(4));
-    tokio::time::sleep(after + Duration::from_millis(Params::default().heal_grace_ms as u64)).await;
+    tokio::time::sleep(after + Duration::from_millis(grace_ms as u64)).await;
+    if let Some(r) = &robot {
+        // Consoles that backed off through several faults (every node killed, twice) may
+        // take longer to drive again: the traffic goes on until the robot arms after the
+        // grace (at most 20 s more), so liveness judges its recovery, not the run's length.
+        let since = healed_at + grace_ms;
+        if crate::robots::wait_driving(&r.events(), since, Duration::from_secs(20))
+            .await
+            .is_some()
+        {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
     let _ = stop_tx.send(true);
     stage.set("checking");
     for w in writers {
@@ -379,6 +403,32 @@ pub async fn run(options: &RunOptions) -> std::io::Result<Summary> {
     let summary = summarize(options, &history, verdicts, aftermath);
     write_report(&options.report, &cluster, &history, &summary)?;
     Ok(summary)
+}
+
+/// Where a round's fault lands: the leader as it is now, a follower, or the robot's
+/// gateway (`leader` when none is known).
+async fn fault_target(
+    cluster: &LabCluster,
+    scenario: Scenario,
+    robot: Option<&crate::robots::Robot>,
+    leader: u64,
+    rng: &mut StdRng,
+) -> u64 {
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(5))
+        .await
+        .unwrap_or(leader);
+    let nodes = cluster.nodes.len() as u64;
+    let followers: Vec<u64> = (1..=nodes).filter(|id| *id != leader).collect();
+    match scenario {
+        Scenario::IsolateFollower | Scenario::PauseFollower | Scenario::SnapshotCatchUp => {
+            followers[rng.random_range(0..followers.len())]
+        }
+        Scenario::GatewayMinority => robot
+            .and_then(|r| crate::robots::gateway_of(cluster, r))
+            .unwrap_or(leader),
+        _ => leader,
+    }
 }
 
 /// Writes the history, the nemesis log, the node logs, `summary.json` and `index.html`.
@@ -478,11 +528,12 @@ fn summarize(
         scenario: options.scenario.name(),
         seed: options.seed,
         reproduce: format!(
-            "tether chaos run --scenario {} --seed {} --nodes {} --phase-s {} --report {}",
+            "tether chaos run --scenario {} --seed {} --nodes {} --phase-s {} --rounds {} --report {}",
             options.scenario.name(),
             options.seed,
             options.nodes,
             options.phase.as_secs(),
+            options.rounds,
             options.report.display()
         ),
         outcomes,

@@ -103,11 +103,19 @@ impl Scenario {
     }
 
     /// Whether a majority of the nodes stays connected to each other throughout the fault,
-    /// so that revocations must keep committing (`majority_available`).
+    /// so that revocations must keep committing through it (`majority_available`; after an
+    /// election, where the fault took the leader). Not the ring and the bridge: a majority
+    /// is connected there, but not every one of its nodes can reach the leader.
     pub fn keeps_quorum(self) -> bool {
         matches!(
             self,
             Scenario::IsolateFollower
+                | Scenario::IsolateLeader
+                | Scenario::KillLeader
+                | Scenario::PauseLeader
+                | Scenario::OneWayLeader
+                | Scenario::RandomHalves
+                | Scenario::GatewayMinority
                 | Scenario::PauseFollower
                 | Scenario::LossyLinks
                 | Scenario::BadLinks

@@ -116,6 +116,7 @@ async fn every_scenario_once_passes_its_checkers() {
             seed: 1,
             nodes: scenario.min_nodes(),
             phase: Duration::from_secs(2),
+            rounds: 2,
             writers: 3,
             operators: 2,
             robots: true,

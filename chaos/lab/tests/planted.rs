@@ -44,6 +44,7 @@ async fn with_bug(
         seed: 1,
         nodes: 3,
         phase: Duration::from_secs(3),
+        rounds: 2,
         writers: 3,
         operators: 3,
         report: report.path().join(bug),

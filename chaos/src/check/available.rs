@@ -7,7 +7,7 @@ use super::{Params, Verdict};
 use crate::history::{Body, Event, History, Op, Operation, Outcome};
 use serde_json::json;
 
-/// For every `QuorumKept` window, shrunk at its start by `quorum_margin_ms` (a new leader's
+/// For every `QuorumKept` window, shrunk at its start by `election_ms` (a new leader's
 /// election, when the fault took the old one): a revocation acknowledged inside it, among
 /// those sent to the window's majority (a write sent to the cut-off node may rightly wait). A window
 /// with attempts and no acknowledgement is a violation (the window and its first attempts
@@ -36,7 +36,7 @@ pub fn majority_available(history: &History, params: &Params) -> Verdict {
         let at_majority =
             |o: &Operation| nodes.is_empty() || o.node().is_some_and(|n| nodes.contains(&n));
         v.count("windows", 1);
-        let from = from_ms + params.quorum_margin_ms;
+        let from = from_ms + params.election_ms;
         let inside = |t: Option<f64>| t.is_some_and(|t| t >= from && t <= to_ms);
         let mut acked: Vec<f64> = revokes
             .iter()
@@ -78,6 +78,14 @@ mod tests {
     use crate::check::Validity;
     use crate::history::{Builder, RevokeKind};
 
+    /// A 200 ms election margin, as the windows below are short.
+    fn params() -> Params {
+        Params {
+            election_ms: 200.0,
+            ..Params::default()
+        }
+    }
+
     /// Revokes every 50 ms over [0, 3 s); those invoked in `stalled` never complete.
     fn traffic(stalled: (f64, f64)) -> Builder {
         let mut b = Builder::new();
@@ -102,7 +110,7 @@ mod tests {
     fn writes_committing_through_a_kept_quorum_are_valid() {
         let mut b = traffic((1_000.0, 1_300.0));
         b.quorum_kept(1_000.0, 2_000.0, &[]);
-        let v = majority_available(&b.build(), &Params::default());
+        let v = majority_available(&b.build(), &params());
         assert_eq!(v.valid, Validity::Valid, "{v:?}");
         assert_eq!(v.counts["windows"], 1);
         assert_eq!(v.detail["windows"][0]["longest_gap_ms"], json!(102.0));
@@ -112,7 +120,7 @@ mod tests {
     fn a_kept_quorum_that_commits_nothing_is_a_violation() {
         let mut b = traffic((900.0, 2_100.0));
         b.quorum_kept(1_000.0, 2_000.0, &[]);
-        let v = majority_available(&b.build(), &Params::default());
+        let v = majority_available(&b.build(), &params());
         assert_eq!(v.valid, Validity::Invalid);
         assert_eq!(v.counts["windows_without_commit"], 1);
         assert!(matches!(v.counterexample[0].body, Body::QuorumKept { .. }));
@@ -133,24 +141,24 @@ mod tests {
             .info(t + 10_000.0);
         }
         b.quorum_kept(1_000.0, 2_000.0, &[1, 3]);
-        let v = majority_available(&b.build(), &Params::default());
+        let v = majority_available(&b.build(), &params());
         assert_eq!(v.valid, Validity::Valid, "{v:?}");
         let mut only_node_1 = traffic((0.0, 0.0));
         only_node_1.quorum_kept(1_000.0, 2_000.0, &[1, 3]);
-        let control = majority_available(&only_node_1.build(), &Params::default());
+        let control = majority_available(&only_node_1.build(), &params());
         assert_eq!(
             v.detail["windows"][0]["attempted"], control.detail["windows"][0]["attempted"],
             "node 2's stalled writes are not counted"
         );
         b = traffic((900.0, 2_100.0));
         b.quorum_kept(1_000.0, 2_000.0, &[2]);
-        let v = majority_available(&b.build(), &Params::default());
+        let v = majority_available(&b.build(), &params());
         assert!(matches!(v.valid, Validity::Unknown(_)), "{v:?}");
     }
 
     #[test]
     fn without_kept_windows_there_is_nothing_to_check() {
-        let v = majority_available(&traffic((0.0, 0.0)).build(), &Params::default());
+        let v = majority_available(&traffic((0.0, 0.0)).build(), &params());
         assert_eq!((v.valid, v.counts["windows"]), (Validity::Valid, 0));
     }
 
@@ -158,7 +166,7 @@ mod tests {
     fn a_window_without_attempts_proves_nothing() {
         let mut b = Builder::new();
         b.quorum_kept(0.0, 1_000.0, &[]);
-        let v = majority_available(&b.build(), &Params::default());
+        let v = majority_available(&b.build(), &params());
         assert!(matches!(v.valid, Validity::Unknown(_)));
     }
 }

@@ -41,6 +41,9 @@ pub struct Params {
     pub control_margin_ms: f64,
     /// After the last nemesis stop, how long the cluster may take to work again.
     pub heal_grace_ms: f64,
+    /// How long a kept majority may take to elect a leader when the fault took the old
+    /// one: `majority_available` starts each window this much later.
+    pub election_ms: f64,
     /// The least throughput (ok operations per second) before the first fault for the run
     /// to count.
     pub min_ops_per_s: f64,
@@ -59,6 +62,7 @@ impl Default for Params {
             control_timeout_ms: 300.0,
             control_margin_ms: 50.0,
             heal_grace_ms: 2_000.0,
+            election_ms: 1_500.0,
             min_ops_per_s: 5.0,
             robots_drive: true,
         }

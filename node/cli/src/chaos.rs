@@ -37,11 +37,15 @@ pub(crate) struct ChaosRunArgs {
     /// Gateway nodes (scenarios that need more are skipped, with a note).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=5))]
     nodes: u64,
-    /// Seconds of traffic before the fault, during it and after healing, each.
+    /// Seconds of traffic before the fault, during each round of it, between rounds and
+    /// after healing, each.
     #[arg(long, default_value_t = 4, conflicts_with = "duration")]
     phase_s: u64,
-    /// Seconds per scenario, split evenly into before, during and after (instead of
-    /// --phase-s).
+    /// Times each scenario inflicts and heals its fault (snapshot-catch-up: once).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
+    /// Seconds per scenario, split evenly into before, the rounds, the gaps between them
+    /// and after (instead of --phase-s).
     #[arg(long)]
     duration: Option<u64>,
     /// Keep running random scenarios (seeded from --seed, each with a seed of its own) for
@@ -82,7 +86,7 @@ pub(crate) async fn chaos(command: ChaosCmd) -> Result<()> {
         fits
     };
     let phase = match args.duration {
-        Some(total) => Duration::from_secs((total / 3).max(1)),
+        Some(total) => Duration::from_secs((total / u64::from(2 * args.rounds + 1)).max(1)),
         None => Duration::from_secs(args.phase_s),
     };
     let bin = std::env::current_exe()?;
@@ -91,6 +95,7 @@ pub(crate) async fn chaos(command: ChaosCmd) -> Result<()> {
         seed,
         nodes: args.nodes,
         phase,
+        rounds: args.rounds,
         writers: args.writers,
         operators: args.operators,
         robots: !args.no_robots,
