@@ -191,7 +191,7 @@ pub async fn create_session(
                 code: body.code,
                 message: body.message,
             },
-            ClientError::Http(e) => ConsoleError::Http(e.to_string()),
+            e => ConsoleError::Http(e.to_string()),
         })?;
     Ok(CreatedSession {
         expires_at_ms: tether_api::time::parse_rfc3339(&created.expires_at).ok(),

@@ -159,6 +159,12 @@ pub enum AuthError {
     Key(String),
 }
 
+/// The longest string claim (`sub`, `jti`, `sid`, `robot`) a token may carry: what lands in
+/// replicated commands stays small enough for Raft's frames (`tether_raft::rpc::MAX_FRAME`).
+pub const MAX_CLAIM_LEN: usize = 256;
+/// The longest token accepted, checked before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+
 /// Verifies tokens against the cluster's public key.
 ///
 /// A signature check costs tens of microseconds; tokens already verified are remembered (by
@@ -206,6 +212,11 @@ impl Verifier {
     /// Checks signature, algorithm, issuer, expiry, a bounded lifetime and that role and
     /// audience agree ([`Claims::kind`]).
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::Invalid(format!(
+                "a token is at most {MAX_TOKEN_BYTES} bytes"
+            )));
+        }
         let remembered = self.cache().get(token).cloned();
         if let Some(claims) = remembered {
             if claims.exp + self.validation.leeway < unix_now().as_secs() {
@@ -223,6 +234,15 @@ impl Verifier {
             return Err(AuthError::Invalid(
                 "role, audience and session claims disagree".into(),
             ));
+        }
+        let strings = [&claims.sub, &claims.jti]
+            .into_iter()
+            .chain(claims.sid.as_ref())
+            .chain(claims.robot.as_ref());
+        if strings.into_iter().any(|c| c.len() > MAX_CLAIM_LEN) {
+            return Err(AuthError::Invalid(format!(
+                "a claim is longer than {MAX_CLAIM_LEN} bytes"
+            )));
         }
         if claims.exp.saturating_sub(claims.iat) > self.max_ttl_s {
             return Err(AuthError::Invalid(format!(
@@ -306,6 +326,26 @@ mod tests {
         let claims = Claims::new("alice", Role::Operator, Duration::from_secs(60));
         let token = m.mint(&claims).unwrap();
         assert_eq!(v.verify(&token).unwrap(), claims);
+    }
+
+    #[test]
+    fn oversized_tokens_and_claims_are_refused() {
+        let (m, v) = pair();
+        let long = Claims::new(
+            "a".repeat(MAX_CLAIM_LEN + 1),
+            Role::Operator,
+            Duration::from_secs(60),
+        );
+        let refused = v.verify(&m.mint(&long).unwrap());
+        assert!(matches!(refused, Err(AuthError::Invalid(why)) if why.contains("claim")));
+        let fits = Claims::new(
+            "a".repeat(MAX_CLAIM_LEN),
+            Role::Operator,
+            Duration::from_secs(60),
+        );
+        assert!(v.verify(&m.mint(&fits).unwrap()).is_ok());
+        let huge = "x".repeat(MAX_TOKEN_BYTES + 1);
+        assert!(matches!(v.verify(&huge), Err(AuthError::Invalid(why)) if why.contains("at most")));
     }
 
     #[test]

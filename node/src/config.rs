@@ -109,7 +109,7 @@ impl Default for RaftSection {
     }
 }
 
-/// HTTP limits and timeouts.
+/// HTTP limits and timeouts, and HTTPS.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSection {
@@ -119,6 +119,27 @@ pub struct HttpSection {
     pub write_timeout_ms: u64,
     /// Default expiry of session and token revocations without `expires_at`, in seconds.
     pub default_revocation_ttl_s: u64,
+    /// The TLS handshake and each request head (and, on a kept-alive connection, the next
+    /// request) must arrive within this many ms.
+    pub header_timeout_ms: u64,
+    /// A request body must arrive within this many ms.
+    pub body_timeout_ms: u64,
+    /// HTTPS and WSS for clients (the API, the Web Console, `/v1/signal`). Without it the
+    /// node serves plain HTTP, which it allows only on a loopback address unless
+    /// `allow_plaintext` says otherwise.
+    pub tls: Option<HttpsConfig>,
+    /// Serve plain HTTP on an address other than loopback (logged at every start): tokens,
+    /// leases and revocation notices then cross the network readable and forgeable.
+    pub allow_plaintext: bool,
+    /// Requests per second one client address may send, sustained (0: no limit).
+    pub per_client_per_second: u32,
+    /// Requests one client address may send at once.
+    pub per_client_burst: u32,
+    /// Writes (`POST`, `DELETE`) per second one token other than an admin's may make,
+    /// sustained (0: no limit).
+    pub writes_per_token_per_second: u32,
+    /// Writes one such token may make at once.
+    pub writes_per_token_burst: u32,
 }
 
 impl Default for HttpSection {
@@ -127,8 +148,35 @@ impl Default for HttpSection {
             max_body_bytes: 64 * 1024,
             write_timeout_ms: 3_000,
             default_revocation_ttl_s: 24 * 3600,
+            header_timeout_ms: 5_000,
+            body_timeout_ms: 10_000,
+            tls: None,
+            allow_plaintext: false,
+            per_client_per_second: 500,
+            per_client_burst: 1_000,
+            writes_per_token_per_second: 10,
+            writes_per_token_burst: 20,
         }
     }
+}
+
+/// The certificate clients see, as PEM files (issued by the cluster CA, or by another CA
+/// the clients trust).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpsConfig {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// How often the files are checked for a new certificate, in ms (a change is loaded
+    /// without a restart).
+    #[serde(default = "default_reload_ms")]
+    pub reload_ms: u64,
+}
+
+fn default_reload_ms() -> u64 {
+    2_000
 }
 
 /// Sessions, signaling and the authorization lease.
@@ -148,6 +196,16 @@ pub struct SessionsSection {
     pub auth_timeout_ms: u64,
     /// Signaling connections this node accepts at once.
     pub max_connections: usize,
+    /// Of those, connections that have not authenticated yet (a cheap socket flood fills
+    /// this, not the room honest clients need).
+    pub max_unauthenticated: usize,
+    /// Frames queued for one connection before it counts as a reader that stopped reading
+    /// and is closed (`too_slow`); session ends and closes never wait behind them. Above
+    /// `frame_burst`, so the answers to an allowed burst fit.
+    pub outbound_queue_frames: usize,
+    /// A frame that cannot be written to a connection within this many milliseconds ends
+    /// the connection (its reader stopped reading).
+    pub write_stall_ms: u64,
     /// Sustained signaling frames per second per connection.
     pub frames_per_second: u32,
     /// Burst of signaling frames per connection.
@@ -164,8 +222,11 @@ impl Default for SessionsSection {
             token_ttl_s: 300,
             policy: Default::default(),
             owners: Default::default(),
-            auth_timeout_ms: 5_000,
+            auth_timeout_ms: 2_000,
             max_connections: 10_000,
+            max_unauthenticated: 1_000,
+            outbound_queue_frames: 1_024,
+            write_stall_ms: 5_000,
             frames_per_second: 200,
             frame_burst: 400,
             lease_ttl_ms: 1_000,
@@ -254,6 +315,19 @@ impl NodeConfig {
         if r.snapshot_logs == 0 || r.expire_interval_ms == 0 {
             return bad("raft.snapshot_logs and raft.expire_interval_ms must be positive".into());
         }
+        let h = &self.http;
+        if h.tls.is_none() && !h.allow_plaintext && !self.http_addr.ip().is_loopback() {
+            return bad(format!(
+                "http_addr {} is not a loopback address: configure [http.tls] (cert, key) or, knowingly, http.allow_plaintext = true",
+                self.http_addr
+            ));
+        }
+        if h.header_timeout_ms == 0
+            || h.body_timeout_ms == 0
+            || h.tls.as_ref().is_some_and(|t| t.reload_ms == 0)
+        {
+            return bad("http.header_timeout_ms, http.body_timeout_ms and http.tls.reload_ms must be positive".into());
+        }
         if self.http.max_body_bytes < 256 || self.http.write_timeout_ms == 0 {
             return bad(
                 "http.max_body_bytes must be at least 256 and http.write_timeout_ms positive"
@@ -265,8 +339,12 @@ impl NodeConfig {
             || s.lease_ttl_ms < 40
             || s.frames_per_second == 0
             || s.max_connections == 0
+            || s.max_unauthenticated == 0
+            || s.outbound_queue_frames == 0
+            || s.write_stall_ms == 0
+            || s.auth_timeout_ms == 0
         {
-            return bad("sessions: token_ttl_s, frames_per_second and max_connections must be positive and lease_ttl_ms at least 40".into());
+            return bad("sessions: token_ttl_s, frames_per_second, max_connections, max_unauthenticated, outbound_queue_frames, write_stall_ms and auth_timeout_ms must be positive and lease_ttl_ms at least 40".into());
         }
         let ids: BTreeSet<_> = self.initial_members.iter().map(|m| m.id).collect();
         if ids.len() != self.initial_members.len() {
@@ -312,6 +390,23 @@ public_key = "pub.pem"
     }
 
     #[test]
+    fn plain_http_beyond_loopback_needs_an_explicit_opt_out() {
+        let mut c: NodeConfig = toml::from_str(&sample()).unwrap();
+        c.http_addr = "10.0.0.1:8080".parse().unwrap();
+        let refused = c.validate().unwrap_err().to_string();
+        assert!(refused.contains("http.tls"), "{refused}");
+        c.http.allow_plaintext = true;
+        c.validate().unwrap();
+        c.http.allow_plaintext = false;
+        c.http.tls = Some(HttpsConfig {
+            cert: "https.pem".into(),
+            key: "https-key.pem".into(),
+            reload_ms: 2_000,
+        });
+        c.validate().unwrap();
+    }
+
+    #[test]
     fn unknown_fields_and_bad_values_are_refused() {
         assert!(toml::from_str::<NodeConfig>(&format!("{}\nbogus = 1", sample())).is_err());
         let mut c: NodeConfig = toml::from_str(&sample()).unwrap();
@@ -333,7 +428,13 @@ public_key = "pub.pem"
         let c: NodeConfig = toml::from_str(example).unwrap();
         c.validate().unwrap();
         assert_eq!(c.raft, RaftSection::default());
-        assert_eq!(c.http, HttpSection::default());
+        let https = c.http.tls.clone().expect("the guide serves HTTPS");
+        assert_eq!(https.reload_ms, default_reload_ms());
+        let http = HttpSection {
+            tls: None,
+            ..c.http.clone()
+        };
+        assert_eq!(http, HttpSection::default());
         let defaults = SessionsSection::default();
         assert_eq!(
             (
@@ -354,6 +455,18 @@ public_key = "pub.pem"
         assert_eq!(
             (c.sessions.auth_timeout_ms, c.sessions.admission_timeout_ms),
             (defaults.auth_timeout_ms, defaults.admission_timeout_ms)
+        );
+        assert_eq!(
+            (
+                c.sessions.max_unauthenticated,
+                c.sessions.outbound_queue_frames,
+                c.sessions.write_stall_ms
+            ),
+            (
+                defaults.max_unauthenticated,
+                defaults.outbound_queue_frames,
+                defaults.write_stall_ms
+            )
         );
         assert_eq!(c.sessions.owner_of("robot-1"), Some("olga"));
         assert_eq!(c.sessions.owner_of("robot-2"), None);

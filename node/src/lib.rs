@@ -38,6 +38,9 @@ pub enum NodeError {
     /// Raft failed to start.
     #[error(transparent)]
     Raft(#[from] tether_raft::RaftNodeError),
+    /// The HTTPS certificate or key is unusable.
+    #[error("https: {0}")]
+    Https(#[from] http::listen::ServerTlsError),
     /// The HTTP listener could not bind.
     #[error("binding http {addr}: {source}")]
     Bind {
@@ -135,10 +138,15 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         addr: config.http_addr,
         source,
     })?;
-    // Small request/response exchanges: do not let Nagle hold replies back.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let https = match &config.http.tls {
+        Some(t) => Some(Arc::new(http::listen::ServerTls::load(&t.cert, &t.key)?)),
+        None => {
+            if !config.http_addr.ip().is_loopback() {
+                tracing::warn!(%http_addr, "serving plain HTTP beyond loopback (http.allow_plaintext): tokens and revocation notices cross the network in the clear");
+            }
+            None
+        }
+    };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let minter = match &config.auth.private_key {
         Some(path) => Some(auth::Minter::from_pem(read(path)?.as_bytes())?),
@@ -167,16 +175,24 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         minter,
         hub,
         audit,
+        limits: Arc::new(http::limits::HttpLimits::new(&config.http)),
     });
-    let mut http_stopped = stopped.clone();
-    let http = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = http_stopped.wait_for(|s| *s).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "http server failed");
-        }
-    });
+    let deadlines = http::listen::Deadlines {
+        handshake: Duration::from_millis(config.http.header_timeout_ms),
+        header_read: Duration::from_millis(config.http.header_timeout_ms),
+    };
+    let mut tasks = Vec::new();
+    if let (Some(https), Some(t)) = (&https, &config.http.tls) {
+        let every = Duration::from_millis(t.reload_ms);
+        tasks.push(tokio::spawn(https.clone().watch(every, stopped.clone())));
+    }
+    let http = tokio::spawn(http::listen::serve(
+        listener,
+        app,
+        https,
+        deadlines,
+        stopped.clone(),
+    ));
     let expiry = tokio::spawn(expire_loop(
         raft.clone(),
         Duration::from_millis(config.raft.expire_interval_ms),
@@ -187,32 +203,58 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         http_addr,
         raft,
         stop,
-        tasks: [http, expiry].into_iter().chain(hub_tasks).collect(),
+        tasks: [http, expiry]
+            .into_iter()
+            .chain(hub_tasks)
+            .chain(tasks)
+            .collect(),
     })
+}
+
+/// Returns once `flag` is (or becomes) true, or its sender is gone. Unlike awaiting
+/// `wait_for` in a `select!`, it holds no borrow of the value across other awaits.
+pub(crate) async fn until_set(flag: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = flag.wait_for(|set| *set).await;
+}
+
+/// Runs `tick` every `period` until `stopped` (a tick missed while the last one ran is not
+/// made up for).
+pub(crate) async fn every<F, Fut>(
+    period: Duration,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+    mut tick: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = until_set(&mut stopped) => return,
+        }
+        tick().await;
+    }
 }
 
 /// On the leader, periodically proposes the deterministic expiry cleanup when something is
 /// due. The cut-off instant travels in the log, so every node drops the same entries.
 async fn expire_loop(
     raft: Arc<RaftNode>,
-    every: Duration,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
+    period: Duration,
+    stopped: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stopped.wait_for(|s| *s) => return,
-        }
+    every(period, stopped, || async {
         let is_leader = raft.is_leader();
         let now = tether_api::time::now_ms();
         let due = raft.view().read().next_expiry().is_some_and(|at| at <= now);
         if is_leader && due {
-            match raft.write(Command::Expire { now }, every).await {
+            match raft.write(Command::Expire { now }, period).await {
                 Ok(r) => tracing::info!(result = ?r, "expired revocations dropped"),
                 Err(e) => tracing::warn!(error = %e, "expiry cleanup failed"),
             }
         }
-    }
+    })
+    .await
 }

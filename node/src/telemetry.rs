@@ -13,6 +13,24 @@ pub mod names {
     pub const SIGNAL_CONNECTIONS: &str = "tether_signal_connections";
     /// `tether_signal_authenticated`, gauge: authenticated signaling connections.
     pub const SIGNAL_AUTHENTICATED: &str = "tether_signal_authenticated";
+    /// `tether_http_tls_handshake_failures_total`, counter: HTTPS handshakes that failed or
+    /// timed out.
+    pub const HTTP_TLS_HANDSHAKE_FAILURES_TOTAL: &str = "tether_http_tls_handshake_failures_total";
+    /// `tether_http_tls_reloads_total`, counter by `result` (`ok`, `error`): HTTPS
+    /// certificate reloads after its files changed.
+    pub const HTTP_TLS_RELOADS_TOTAL: &str = "tether_http_tls_reloads_total";
+    /// `tether_http_rate_limited_total`, counter by `limit` (`per_address`,
+    /// `writes_per_token`): requests answered `429 rate_limited`.
+    pub const HTTP_RATE_LIMITED_TOTAL: &str = "tether_http_rate_limited_total";
+    /// `tether_audit_suppressed_total`, counter: join-denial audit records held back by
+    /// the ledger's rate limit (the next one written carries `held_back_before`).
+    pub const AUDIT_SUPPRESSED_TOTAL: &str = "tether_audit_suppressed_total";
+    /// `tether_signal_too_slow_total`, counter: connections closed because they left too
+    /// many frames unread (close 4006) or a write stalled.
+    pub const SIGNAL_TOO_SLOW_TOTAL: &str = "tether_signal_too_slow_total";
+    /// `tether_signal_refused_total`, counter by `reason`: upgrades refused for want of a
+    /// slot (`full`, `unauthenticated`).
+    pub const SIGNAL_REFUSED_TOTAL: &str = "tether_signal_refused_total";
     /// `tether_signal_rooms`, gauge: session rooms with a member.
     pub const SIGNAL_ROOMS: &str = "tether_signal_rooms";
     /// `tether_signal_room_members`, gauge: members of those rooms.

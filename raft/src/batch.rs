@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 /// Log entries in flight at once.
 const MAX_IN_FLIGHT: usize = 4;
 /// Commands in one batch at most, bounding entry size.
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = crate::rpc::MAX_COMMANDS_PER_ENTRY;
 
 type Reply = oneshot::Sender<Result<Response, ForwardError>>;
 type WriteError =

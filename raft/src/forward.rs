@@ -21,7 +21,7 @@ type Metrics = watch::Receiver<openraft::RaftMetrics<NodeId, NodeInfo>>;
 /// Forwarding calls in flight at once.
 const MAX_IN_FLIGHT: usize = 4;
 /// Writes in one call at most.
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = crate::rpc::MAX_COMMANDS_PER_ENTRY;
 
 /// What a forwarded write came to: the leader's answer, or why it could not be asked.
 pub(crate) type Outcome = Result<Result<Response, ForwardError>, CallError>;

@@ -5,11 +5,13 @@
 //! tokens or signaling. The node-to-node connection it owns is the one later shared by the
 //! signaling relay.
 
+mod barrier;
 mod batch;
 mod forward;
 pub mod metric_names;
 pub mod network;
 pub mod node;
+pub mod peer;
 mod queue;
 pub mod rpc;
 mod server;

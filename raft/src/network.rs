@@ -2,7 +2,7 @@
 //! RPC, and openraft's `RaftNetwork` on top.
 
 use crate::rpc::{read_frame, write_frame, Reply, Request};
-use crate::tls::SERVER_NAME;
+use crate::tls::{node_name, SERVER_NAME};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
@@ -33,6 +33,9 @@ pub enum CallError {
     /// No reply in time.
     #[error("peer {0} timed out")]
     Timeout(NodeId),
+    /// The peer refused to act for this node ([`crate::peer::Refusal`]).
+    #[error("peer {0} refused: {1}")]
+    Refused(NodeId, String),
 }
 
 struct PeerSlot {
@@ -85,7 +88,16 @@ impl Peers {
             .map_err(|e| CallError::Unreachable(target, format!("bad address {addr}: {e}")))?;
         let connecting = self
             .endpoint
-            .connect(socket, SERVER_NAME)
+            // Node 0 is "any node" (an operator's probe); otherwise the peer must be the
+            // node meant, not merely one of the cluster.
+            .connect(
+                socket,
+                &if target == 0 {
+                    SERVER_NAME.to_owned()
+                } else {
+                    node_name(target)
+                },
+            )
             .map_err(|e| CallError::Unreachable(target, e.to_string()))?;
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
@@ -135,13 +147,16 @@ impl Peers {
             write_frame(&mut send, request)
                 .await
                 .map_err(|e| CallError::Network(target, e.to_string()))?;
-            read_frame::<Reply>(&mut recv)
-                .await
-                .map_err(|e| CallError::Network(target, e.to_string()))
+            match read_frame::<Reply>(&mut recv).await {
+                Ok(Reply::Refused(why)) => Err(CallError::Refused(target, why)),
+                Ok(reply) => Ok(reply),
+                Err(e) => Err(CallError::Network(target, e.to_string())),
+            }
         })
         .await
         .unwrap_or(Err(CallError::Timeout(target)));
-        if let (Err(_), Some(conn)) = (&result, used) {
+        let broken = matches!(&result, Err(e) if !matches!(e, CallError::Refused(..)));
+        if let (true, Some(conn)) = (broken, used) {
             // A connection to a peer's previous incarnation (killed and restarted on the same
             // address) never answers, and QUIC would only notice at its idle timeout: make
             // the next call connect afresh.
@@ -152,6 +167,7 @@ impl Peers {
                 CallError::Unreachable(..) => "unreachable",
                 CallError::Network(..) => "network",
                 CallError::Timeout(_) => "timeout",
+                CallError::Refused(..) => "refused",
             };
             metrics::counter!(crate::metric_names::RAFT_RPC_ERRORS_TOTAL, "kind" => kind)
                 .increment(1);
@@ -197,7 +213,9 @@ impl PeerNetwork {
             .await
             .map_err(|e| match e {
                 CallError::Unreachable(..) => RPCError::Unreachable(Unreachable::new(&e)),
-                CallError::Network(..) => RPCError::Network(NetworkError::new(&e)),
+                CallError::Network(..) | CallError::Refused(..) => {
+                    RPCError::Network(NetworkError::new(&e))
+                }
                 CallError::Timeout(_) => RPCError::Timeout(Timeout {
                     action: openraft::network::RPCTypes::AppendEntries,
                     id: self.peers.id,
@@ -278,6 +296,19 @@ pub async fn probe(
     addr: &str,
     timeout: Duration,
 ) -> Result<Reply, CallError> {
+    call_as(identity, addr, 0, &Request::ReadIndex, timeout).await
+}
+
+/// Connects to `addr` with `identity`, expecting node `target` there (0: any node of the
+/// cluster), and sends `request`: what a peer holding that identity could make the node
+/// do. The tests of the peer policy ([`crate::peer`]) use it.
+pub async fn call_as(
+    identity: &crate::tls::TlsIdentity,
+    addr: &str,
+    target: NodeId,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Reply, CallError> {
     let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))
         .map_err(|e| CallError::Unreachable(0, e.to_string()))?;
     endpoint.set_default_client_config(
@@ -286,7 +317,7 @@ pub async fn probe(
             .map_err(|e| CallError::Unreachable(0, e.to_string()))?,
     );
     let peers = Peers::new(0, endpoint.clone());
-    let result = peers.call(0, addr, &Request::ReadIndex, timeout).await;
+    let result = peers.call(target, addr, request, timeout).await;
     endpoint.close(0u32.into(), b"probe done");
     result
 }

@@ -79,6 +79,8 @@ pub(crate) fn raft_config(timing: &RaftTiming) -> Result<openraft::Config, Strin
         install_snapshot_timeout: 2_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(timing.snapshot_logs),
         max_in_snapshot_log_to_keep: timing.keep_logs,
+        // Bounds an append's frame (see `rpc::MAX_FRAME`).
+        max_payload_entries: crate::rpc::MAX_ENTRIES_PER_APPEND,
         ..Default::default()
     }
     .validate()
@@ -117,6 +119,7 @@ pub struct RaftNode {
     view: StateView,
     endpoint: quinn::Endpoint,
     server: tokio::task::JoinHandle<()>,
+    barriers: crate::barrier::Coalescer,
 }
 
 impl RaftNode {
@@ -163,6 +166,7 @@ impl RaftNode {
             view,
             endpoint,
             server,
+            barriers: crate::barrier::Coalescer::default(),
         })
     }
 
@@ -359,27 +363,43 @@ impl RaftNode {
     /// Returns once this node has applied everything committed before the call, as confirmed
     /// by a leader in contact with a quorum (S2). A node cut off from the quorum gets
     /// [`RaftNodeError::Unavailable`] and must fail closed.
+    /// Concurrent barriers share read-index rounds ([`crate::barrier`]).
     pub async fn read_barrier(&self, timeout: Duration) -> Result<(), RaftNodeError> {
+        metrics::counter!(crate::metric_names::RAFT_READ_BARRIERS_TOTAL).increment(1);
         let deadline = Instant::now() + timeout;
         let shared = self.shared.clone();
-        let read_log_id = self
-            .route(
-                timeout,
-                || Request::ReadIndex,
-                |reply| match reply {
-                    Reply::ReadIndex(r) => Some(r),
-                    _ => None,
-                },
-                move || {
-                    let shared = shared.clone();
-                    async move { shared.read_index_as_leader().await }
-                },
-            )
-            .await?;
+        let round = || async move {
+            let read_log_id = self
+                .route(
+                    timeout,
+                    || Request::ReadIndex,
+                    |reply| match reply {
+                        Reply::ReadIndex(r) => Some(r),
+                        _ => None,
+                    },
+                    move || {
+                        let shared = shared.clone();
+                        async move { shared.read_index_as_leader().await }
+                    },
+                )
+                .await;
+            read_log_id
+                .map(|id| id.map(|l| l.index))
+                .map_err(|e| match e {
+                    RaftNodeError::Unavailable(why) => why,
+                    other => other.to_string(),
+                })
+        };
+        // Waiting for a round in flight and then running one's own could take two rounds'
+        // time: the caller's timeout bounds both together.
+        let read_index = tokio::time::timeout(timeout, self.barriers.read_index(round))
+            .await
+            .map_err(|_| RaftNodeError::Unavailable("read barrier timed out".into()))?
+            .map_err(RaftNodeError::Unavailable)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         self.raft()
             .wait(Some(remaining))
-            .applied_index_at_least(read_log_id.map(|l| l.index), "read barrier")
+            .applied_index_at_least(read_index, "read barrier")
             .await
             .map_err(|e| {
                 RaftNodeError::Unavailable(format!("applying up to the read index: {e}"))
@@ -518,7 +538,11 @@ impl RaftNode {
                 let leader_changed =
                     waiter.metrics(|m| m.current_leader != Some(leader), "leader change");
                 tokio::select! {
-                    reply = call => reply.unwrap_or_else(|e| Err(ForwardError::Unavailable(e.to_string()))),
+                    reply = call => reply.unwrap_or_else(|e| match e {
+                        // The leader will not do it for this node: asking again will not help.
+                        CallError::Refused(..) => Err(ForwardError::Invalid(e.to_string())),
+                        e => Err(ForwardError::Unavailable(e.to_string())),
+                    }),
                     _ = leader_changed => Err(ForwardError::NotLeader { leader: None }),
                 }
             };

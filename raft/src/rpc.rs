@@ -12,8 +12,15 @@ use tether_store::codec::{decode, encode, CodecError};
 use tether_store::{Command, NodeId, NodeInfo, Response};
 use tether_store_rocks::TypeConfig;
 
-/// The largest frame accepted: a snapshot chunk or a batch of log entries.
-pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+/// Log entries in one append at most (openraft's `max_payload_entries`).
+pub const MAX_ENTRIES_PER_APPEND: u64 = 16;
+/// Commands in one log entry (the leader's batches) or one forwarding call at most.
+pub const MAX_COMMANDS_PER_ENTRY: usize = 512;
+/// The largest frame accepted, sized to what Raft sends: an append of
+/// [`MAX_ENTRIES_PER_APPEND`] entries of [`MAX_COMMANDS_PER_ENTRY`] commands, each at most
+/// the ~2 KiB the HTTP API lets a command grow to (its ids and reason limits; a test in
+/// `tether-node` checks the product), is 16 MiB; a snapshot chunk is 3 MiB.
+pub const MAX_FRAME: usize = 20 * 1024 * 1024;
 
 /// What one node asks another.
 #[derive(Serialize, Deserialize, Debug)]
@@ -91,6 +98,8 @@ pub enum Reply {
     Membership(Result<(), ForwardError>),
     /// To [`Request::Signal`]: the gateway layer's answer.
     Signal(Vec<u8>),
+    /// To any request the peer may not send ([`crate::peer::authorize`]): why.
+    Refused(String),
 }
 
 /// Writes one frame and finishes the stream.

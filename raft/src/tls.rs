@@ -1,7 +1,9 @@
 //! The cluster CA and node certificates, and the mutual-TLS configs for QUIC.
 //!
-//! Every node certificate is issued by the cluster CA for the one name [`SERVER_NAME`]; a peer
-//! is trusted if and only if its certificate chains to that CA, in both directions.
+//! Every node certificate is issued by the cluster CA for two names: [`SERVER_NAME`] (some
+//! node of this cluster) and [`node_name`] of its own id. A dialer checks that the peer it
+//! dials is the node it meant; the server side checks what each request claims against
+//! the name ([`crate::peer`]). Both directions require a certificate from the cluster CA.
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rcgen::{
@@ -13,10 +15,19 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use std::sync::Arc;
 use std::time::Duration;
+use tether_store::NodeId;
 
-/// The DNS name every node certificate carries and every client dials.
+/// The DNS name every node certificate carries: some node of this cluster.
 pub const SERVER_NAME: &str = "tether-node";
+
+/// The DNS name only node `id`'s certificate carries (`node-3.tether-node`).
+pub fn node_name(id: NodeId) -> String {
+    format!("node-{id}.{SERVER_NAME}")
+}
 const ALPN: &[u8] = b"tether/1";
+
+/// Requests one peer may have in flight on its connection at once.
+pub const MAX_STREAMS_PER_PEER: u32 = 256;
 
 /// Building certificates or TLS configs failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,19 +82,38 @@ pub fn generate_ca() -> Result<CertPair, TlsError> {
     })
 }
 
-/// Issues a node certificate (client and server auth) signed by the CA whose key is given.
-pub fn issue_node_cert(ca_key_pem: &str, node_label: &str) -> Result<CertPair, TlsError> {
+/// Issues node `id`'s certificate (client and server auth) signed by the CA whose key is
+/// given.
+pub fn issue_node_cert(ca_key_pem: &str, id: NodeId) -> Result<CertPair, TlsError> {
     let ca_key = KeyPair::from_pem(ca_key_pem)?;
     let issuer = Issuer::new(ca_params()?, ca_key);
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec![SERVER_NAME.to_owned()])?;
+    let mut params = CertificateParams::new(vec![SERVER_NAME.to_owned(), node_name(id)])?;
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, node_label);
+    dn.push(DnType::CommonName, format!("tether node {id}"));
     params.distinguished_name = dn;
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(CertPair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Issues a server certificate (server auth only) for `names` (IP addresses and DNS names)
+/// signed by the CA whose key is given: what a node's HTTPS clients see.
+pub fn issue_server_cert(ca_key_pem: &str, names: Vec<String>) -> Result<CertPair, TlsError> {
+    let ca_key = KeyPair::from_pem(ca_key_pem)?;
+    let issuer = Issuer::new(ca_params()?, ca_key);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(names)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "tether https");
+    params.distinguished_name = dn;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let cert = params.signed_by(&key, &issuer)?;
     Ok(CertPair {
         cert_pem: cert.pem(),
@@ -155,14 +185,16 @@ impl TlsIdentity {
     }
 }
 
-/// Transport settings for a LAN: notice a dead peer within half a second, allow many RPCs
-/// in flight on one connection. A connection to a peer that was killed and restarted on
+/// Transport settings for a LAN: notice a dead peer within half a second, allow the RPCs
+/// one peer has in flight (replication, four forwarding calls, a read-index round, the
+/// gateways' signals) with room to spare, and no unidirectional streams (none are used). A connection to a peer that was killed and restarted on
 /// the same address never answers again; it must be gone before the next election needs
 /// it (a new leader stands about 320 ms after the old one's last heartbeat), or the vote
 /// sent on it is lost and the election takes a second round.
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(4096u32.into());
+    t.max_concurrent_bidi_streams(MAX_STREAMS_PER_PEER.into());
+    t.max_concurrent_uni_streams(0u32.into());
     t.keep_alive_interval(Some(Duration::from_millis(100)));
     t.max_idle_timeout(Some(
         Duration::from_millis(500)

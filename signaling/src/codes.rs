@@ -26,6 +26,8 @@ pub enum CloseCode {
     TokenExpired,
     /// The connection's credential (its token id or its subject) was revoked.
     CredentialRevoked,
+    /// The client stopped reading: its outbound queue overflowed.
+    TooSlow,
 }
 
 impl CloseCode {
@@ -39,6 +41,7 @@ impl CloseCode {
         Self::RateLimited,
         Self::TokenExpired,
         Self::CredentialRevoked,
+        Self::TooSlow,
     ];
 
     /// The number on the wire (the 4000–4999 range is the application's).
@@ -52,6 +55,7 @@ impl CloseCode {
             Self::RateLimited => 4029,
             Self::TokenExpired => 4004,
             Self::CredentialRevoked => 4005,
+            Self::TooSlow => 4006,
         }
     }
 
@@ -211,7 +215,10 @@ mod tests {
     #[test]
     fn close_codes_keep_their_numbers() {
         let numbers: Vec<u16> = CloseCode::ALL.iter().map(|c| c.code()).collect();
-        assert_eq!(numbers, [4401, 4408, 4001, 4002, 4003, 4029, 4004, 4005]);
+        assert_eq!(
+            numbers,
+            [4401, 4408, 4001, 4002, 4003, 4029, 4004, 4005, 4006]
+        );
         for c in CloseCode::ALL {
             assert_eq!(CloseCode::from_code(c.code()), Some(*c));
             assert_eq!(c.to_string(), c.code().to_string());

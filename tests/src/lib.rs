@@ -1,6 +1,9 @@
 //! The cluster fixture: real `tether node` processes on loopback, each with its own temp
 //! directory and free ports, condition-based waits, faults as methods, teardown on drop.
 //! Shared by the end-to-end tests here and the chaos suite.
+//!
+//! Long file: the one harness every end-to-end test uses (the cluster, the signaling
+//! client, the agent and console processes); splitting it would split their helpers.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -60,8 +63,15 @@ impl TestCluster {
         Self::start_with(n, |_| {}).await
     }
 
-    /// Starts `n` nodes after letting `tweak` edit each config.
+    /// Starts `n` nodes after letting `tweak` edit each config. Every test's clients share
+    /// one address and write faster than a site's would: the per-client limits start off
+    /// (the tests of those limits turn them on).
     pub async fn start_with(n: u64, tweak: impl Fn(&mut NodeConfig)) -> Self {
+        let tweak = |c: &mut NodeConfig| {
+            c.http.per_client_per_second = 0;
+            c.http.writes_per_token_per_second = 0;
+            tweak(c);
+        };
         let LocalCluster {
             dir,
             secrets,
@@ -70,6 +80,11 @@ impl TestCluster {
             nodes,
         } = LocalCluster::spawn("tether-test-", "test-admin", &tether_bin(), n, tweak)
             .expect("starting the cluster");
+        if nodes.iter().any(|n| n.url.starts_with("https://")) {
+            // This process's clients pin the cluster CA, as a site's would.
+            let ca = std::fs::read(secrets.ca_cert()).expect("the cluster CA");
+            tether_api::tls::install_ca(&ca).expect("a usable CA");
+        }
         let cluster = Self {
             dir,
             nodes,
@@ -108,7 +123,7 @@ impl TestCluster {
 
     /// A client for node `id` with any token.
     pub fn client_with(&self, id: u64, token: &str) -> Client {
-        Client::new(&self.node(id).http.to_string(), token)
+        Client::new(&self.node(id).url, token)
     }
 
     /// Node `id`'s unlabelled metrics (`/metrics`), by name.
@@ -220,19 +235,32 @@ pub struct SignalClient {
 impl SignalClient {
     /// Connects to `/v1/signal` on `http` (host:port).
     pub async fn connect(http: std::net::SocketAddr) -> Self {
-        let socket = SignalSocket::connect(&http.to_string())
-            .await
-            .expect("websocket connect");
+        Self::connect_to(&http.to_string()).await
+    }
+
+    /// Connects to `/v1/signal` of the node at `url` (`https://` for WSS).
+    pub async fn connect_to(url: &str) -> Self {
+        let socket = SignalSocket::connect(url).await.expect("websocket connect");
         Self { socket }
+    }
+
+    /// Connects to `/v1/signal`, or `None` if the node refuses the upgrade.
+    pub async fn try_connect(http: std::net::SocketAddr) -> Option<Self> {
+        let socket = SignalSocket::connect(&http.to_string()).await.ok()?;
+        Some(Self { socket })
     }
 
     /// Connects and authenticates; panics unless `auth_ok` comes back.
     pub async fn authed(http: std::net::SocketAddr, token: &str) -> Self {
-        let mut c = Self::connect(http).await;
-        c.send(serde_json::json!({"type": "auth", "token": token}))
+        Self::connect(http).await.authenticate(token).await
+    }
+
+    /// Authenticates with `token`; panics unless `auth_ok` comes back.
+    pub async fn authenticate(mut self, token: &str) -> Self {
+        self.send(serde_json::json!({"type": "auth", "token": token}))
             .await;
-        c.expect("auth_ok").await;
-        c
+        self.expect("auth_ok").await;
+        self
     }
 
     /// Sends a JSON frame.
@@ -490,4 +518,35 @@ impl ConsoleProcess {
         let out = std::fs::read_to_string(&self.stdout).unwrap_or_default();
         (code, out)
     }
+}
+
+/// A robot on node `robot_node` and an operator on node `operator_node`, both joined.
+pub async fn joined_pair(
+    cluster: &TestCluster,
+    robot_node: u64,
+    operator_node: u64,
+    operator: &str,
+    robot: &str,
+) -> (SignalClient, SignalClient, String, String) {
+    let mut r = SignalClient::authed(
+        cluster.node(robot_node).http,
+        &cluster.token(robot, Role::Robot),
+    )
+    .await;
+    let session = cluster.create_session(operator_node, operator, robot).await;
+    let sid = session.session_id.clone();
+    let token = session.token.clone();
+    assert_eq!(
+        r.expect("session_assigned").await["session_id"],
+        sid.as_str()
+    );
+    r.send(serde_json::json!({"type": "join", "session_id": sid}))
+        .await;
+    assert_eq!(r.expect("joined").await["peer_present"], false);
+    let mut o = SignalClient::authed(cluster.node(operator_node).http, &token).await;
+    o.send(serde_json::json!({"type": "join", "session_id": sid}))
+        .await;
+    assert_eq!(o.expect("joined").await["peer_present"], true);
+    r.expect("peer_joined").await;
+    (r, o, sid, token)
 }

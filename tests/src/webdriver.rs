@@ -44,7 +44,7 @@ impl Browser {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         let driver = ChildProcess::spawn(command).expect("starting chromedriver");
-        let http = reqwest::Client::new();
+        let http = tether_api::tls::http();
         let base = format!("http://127.0.0.1:{port}");
         crate::wait_until("chromedriver to be ready", crate::WAIT, || {
             let request = http.get(format!("{base}/status")).send();
@@ -168,7 +168,7 @@ impl Drop for Browser {
                 .build();
             if let Ok(rt) = rt {
                 rt.block_on(async {
-                    let _ = reqwest::Client::new()
+                    let _ = tether_api::tls::http()
                         .delete(url)
                         .timeout(Duration::from_secs(5))
                         .send()

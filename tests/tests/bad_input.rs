@@ -6,7 +6,7 @@ use tether_node::auth::{Claims, Role};
 use tether_tests::TestCluster;
 
 async fn post(base: &str, token: Option<&str>, content_type: &str, body: Vec<u8>) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
+    let mut req = tether_api::tls::http()
         .post(format!("{base}/v1/revocations"))
         .header("content-type", content_type)
         .body(body);
@@ -176,7 +176,11 @@ async fn bad_bodies_and_bad_tokens_are_refused_with_codes_and_write_nothing() {
         everything.items
     );
 
-    let unknown = reqwest::get(format!("{base}/v1/nope")).await.unwrap();
+    let unknown = tether_api::tls::http()
+        .get(format!("{base}/v1/nope"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unknown.status(), 404);
     let bad_kind = cluster
         .client(1)
@@ -184,4 +188,61 @@ async fn bad_bodies_and_bad_tokens_are_refused_with_codes_and_write_nothing() {
         .await
         .unwrap_err();
     assert_eq!(bad_kind.code(), Some("invalid_request"));
+}
+
+#[tokio::test]
+async fn one_token_or_one_address_cannot_flood_the_node() {
+    let cluster = TestCluster::start_with(3, |c| {
+        c.http.writes_per_token_per_second = 5;
+        c.http.writes_per_token_burst = 5;
+        c.http.per_client_per_second = 40;
+        c.http.per_client_burst = 40;
+    })
+    .await;
+    // An operator's writes (each a fsync'd Raft write) are limited per token.
+    let operator = cluster.client_with(1, &cluster.token("olga", Role::Operator));
+    let mut limited = None;
+    for i in 0..8 {
+        if let Err(e) = operator.create_session(&format!("robot-limit-{i}")).await {
+            limited = Some((i, e));
+            break;
+        }
+    }
+    let (at, refused) = limited.expect("the sixth write in a burst is refused");
+    assert_eq!(at, 5, "{refused}");
+    assert_eq!(
+        (refused.status(), refused.code()),
+        (Some(429), Some("rate_limited"))
+    );
+    // An admin's writes are not held to it.
+    for i in 0..10 {
+        cluster
+            .client(1)
+            .revoke(&tether_api::Target::Token(format!("jti-{i}")), "x", None)
+            .await
+            .unwrap();
+    }
+    // One address is limited as a whole; another is served meanwhile.
+    let from = |ip: [u8; 4]| {
+        tether_api::tls::http_builder()
+            .local_address(std::net::IpAddr::from(ip))
+            .build()
+            .unwrap()
+    };
+    let url = format!("http://{}/healthz", cluster.node(1).http);
+    let flooder = from([127, 0, 0, 1]);
+    let mut statuses = Vec::new();
+    for _ in 0..60 {
+        statuses.push(flooder.get(&url).send().await.unwrap().status().as_u16());
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let other = from([127, 0, 0, 2]).get(&url).send().await.unwrap();
+    assert_eq!(other.status().as_u16(), 200);
+    let metrics = format!("http://{}/metrics", cluster.node(1).http);
+    let scrape = from([127, 0, 0, 2]).get(&metrics).send().await.unwrap();
+    let scrape = scrape.text().await.unwrap();
+    for limit in ["per_address", "writes_per_token"] {
+        let line = format!("tether_http_rate_limited_total{{limit=\"{limit}\"}}");
+        assert!(scrape.contains(&line), "{limit} not counted");
+    }
 }

@@ -252,50 +252,6 @@ async fn a_member_can_be_added_and_another_removed() {
 }
 
 #[tokio::test]
-async fn a_node_with_a_certificate_from_another_ca_can_neither_join_nor_send_rpcs() {
-    let mut cluster = TestCluster::start(3).await;
-    let foreign_dir = tempfile::tempdir().unwrap();
-    let foreign = tether_devkit::Secrets::ensure(foreign_dir.path()).unwrap();
-    let (http, raft) = tether_devkit::free_addrs().unwrap();
-    let config = foreign.node_config(4, http, raft, &[]).unwrap();
-
-    // RPCs from the foreign identity are refused at the handshake.
-    let identity = tether_raft::TlsIdentity {
-        ca_cert_pem: std::fs::read_to_string(&config.tls.ca_cert).unwrap(),
-        node: tether_raft::CertPair {
-            cert_pem: std::fs::read_to_string(&config.tls.cert).unwrap(),
-            key_pem: std::fs::read_to_string(&config.tls.key).unwrap(),
-        },
-    };
-    let target = cluster.node(1).raft.to_string();
-    let refused = tether_raft::network::probe(&identity, &target, Duration::from_secs(2)).await;
-    assert!(
-        refused.is_err(),
-        "a foreign certificate got an answer: {refused:?}"
-    );
-
-    // Joining fails: the leader cannot replicate to it, and it never becomes a voter.
-    cluster.adopt(&foreign_dir.path().join("node4/config.toml"));
-    let joined = cluster
-        .client(1)
-        .add_member(&AddMemberRequest {
-            id: 4,
-            raft_addr: raft,
-            http_addr: http,
-            timeout_ms: Some(2_000),
-        })
-        .await;
-    assert_eq!(joined.unwrap_err().code(), Some("unavailable"));
-    let view = cluster.client(1).cluster().await.unwrap();
-    assert!(view.members.iter().all(|m| m.id != 4 || !m.voter));
-    cluster
-        .client(1)
-        .revoke(&session("still-works"), "x", None)
-        .await
-        .unwrap();
-}
-
-#[tokio::test]
 async fn operator_revocations_are_listed_by_kind_and_can_be_lifted() {
     let cluster = TestCluster::start(3).await;
     let c = cluster.client(cluster.follower().await);
@@ -348,7 +304,7 @@ async fn operator_revocations_are_listed_by_kind_and_can_be_lifted() {
 async fn health_readiness_and_metrics_are_served() {
     let cluster = TestCluster::start(3).await;
     let base = format!("http://{}", cluster.node(1).http);
-    let http = reqwest::Client::new();
+    let http = tether_api::tls::http();
     assert_eq!(
         http.get(format!("{base}/healthz"))
             .send()

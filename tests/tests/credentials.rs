@@ -195,6 +195,11 @@ async fn a_robot_revoked_by_subject_is_closed_and_refused_everywhere() {
         .unwrap();
     assert_eq!(r.expect("error").await["code"], "credential_revoked");
     assert_eq!(r.closed().await, 4005);
+    // Node 3 refuses it from its own applied state (S1), once it has applied that far.
+    (cluster.client(3))
+        .list(&[("kind", "operator"), ("consistent", "true")])
+        .await
+        .unwrap();
     let mut again = SignalClient::connect(cluster.node(3).http).await;
     again.send(json!({"type": "auth", "token": token})).await;
     again.expect_error("credential_revoked").await;

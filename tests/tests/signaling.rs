@@ -1,38 +1,10 @@
 //! Sessions and signaling through real WebSocket clients against a multi-process cluster.
 
 use serde_json::json;
+use std::time::Duration;
 use tether_api::Target;
 use tether_node::auth::Role;
-use tether_tests::{wait_until, SignalClient, TestCluster, SDP, WAIT};
-
-/// A robot on node `robot_node` and an operator on node `operator_node`, both joined.
-async fn pair(
-    cluster: &TestCluster,
-    robot_node: u64,
-    operator_node: u64,
-    operator: &str,
-    robot: &str,
-) -> (SignalClient, SignalClient, String, String) {
-    let mut r = SignalClient::authed(
-        cluster.node(robot_node).http,
-        &cluster.token(robot, Role::Robot),
-    )
-    .await;
-    let session = cluster.create_session(operator_node, operator, robot).await;
-    let sid = session.session_id.clone();
-    let token = session.token.clone();
-    assert_eq!(
-        r.expect("session_assigned").await["session_id"],
-        sid.as_str()
-    );
-    r.send(json!({"type": "join", "session_id": sid})).await;
-    assert_eq!(r.expect("joined").await["peer_present"], false);
-    let mut o = SignalClient::authed(cluster.node(operator_node).http, &token).await;
-    o.send(json!({"type": "join", "session_id": sid})).await;
-    assert_eq!(o.expect("joined").await["peer_present"], true);
-    r.expect("peer_joined").await;
-    (r, o, sid, token)
-}
+use tether_tests::{joined_pair as pair, wait_until, SignalClient, TestCluster, SDP, WAIT};
 
 async fn exchange(r: &mut SignalClient, o: &mut SignalClient) {
     o.send(json!({"type": "offer", "sdp": SDP})).await;
@@ -90,7 +62,7 @@ async fn a_revocation_by_sid_jti_or_operator_tears_down_both_peers_and_no_node_a
         let target = match kind {
             "sid" => Target::Session(sid.clone()),
             "jti" => {
-                let sessions: serde_json::Value = reqwest::Client::new()
+                let sessions: serde_json::Value = tether_api::tls::http()
                     .get(format!("http://{}/v1/sessions", cluster.node(3).http))
                     .bearer_auth(&cluster.admin_token)
                     .send()
@@ -207,7 +179,7 @@ async fn only_its_operator_terminates_a_session_and_both_peers_and_the_owner_are
     )
     .await;
     let (mut r, mut o, sid, _) = pair(&cluster, 1, 2, "alice", "robot-t").await;
-    let http = reqwest::Client::new();
+    let http = tether_api::tls::http();
     let delete = |node: u64, who: &str, sid: &str| {
         http.delete(format!(
             "http://{}/v1/sessions/{sid}",
@@ -299,9 +271,23 @@ async fn bad_tokens_and_bad_frames_get_clear_codes() {
     op.expect_error("invalid_sdp").await;
     op.send(json!({"type": "offer", "sdp": SDP})).await;
     op.expect_error("not_joined").await;
+    // A token that names no session, or another one, is refused from the token alone.
     op.send(json!({"type": "join", "session_id": "ses_missing"}))
         .await;
-    op.expect_error("session_not_found").await;
+    op.expect_error("forbidden").await;
+    let ghost = tether_node::auth::Claims::session(
+        "eve",
+        "ses_missing",
+        "robot-x",
+        "jti-ghost",
+        Duration::from_secs(60),
+    );
+    let ghost = cluster.secrets.minter().unwrap().mint(&ghost).unwrap();
+    let mut ghost = SignalClient::authed(http, &ghost).await;
+    ghost
+        .send(json!({"type": "join", "session_id": "ses_missing"}))
+        .await;
+    ghost.expect_error("session_not_found").await;
     let session = cluster.create_session(1, "alice", "robot-x").await;
     op.send(json!({"type": "join", "session_id": session.session_id}))
         .await;
@@ -351,13 +337,19 @@ async fn a_node_cut_off_from_the_quorum_refuses_joins_and_stops_leases() {
     cluster.kill(2);
     cluster.kill(3);
     let mut o = SignalClient::authed(cluster.node(1).http, &session.token).await;
+    // A join the token cannot make is refused from local state at once: no quorum round
+    // (which would fail here with `unavailable`) is spent on it.
+    for other in ["ses_other", "ses_another"] {
+        o.send(json!({"type": "join", "session_id": other})).await;
+        o.expect_error("forbidden").await;
+    }
     o.send(json!({"type": "join", "session_id": session.session_id}))
         .await;
     // Leases already in flight may still arrive on the robot; the operator's join fails closed.
     o.expect_error("unavailable").await;
     // Without a quorum the node grants no lease: the robot hears none for over a lease.
     let leases = r
-        .leases_within(&session.session_id, std::time::Duration::from_millis(1500))
+        .leases_within(&session.session_id, Duration::from_millis(1500))
         .await;
     assert_eq!(leases, 0, "no lease may be granted without a quorum");
 }
@@ -420,9 +412,7 @@ async fn a_live_node_partitioned_into_a_minority_fails_closed_and_stops_leases()
     let mut o = SignalClient::authed(cluster.node(cut).http, &session.token).await;
     o.send(json!({"type": "join", "session_id": sid})).await;
     o.expect_error("unavailable").await;
-    let leases = r
-        .leases_within(&sid, std::time::Duration::from_millis(1500))
-        .await;
+    let leases = r.leases_within(&sid, Duration::from_millis(1500)).await;
     assert_eq!(leases, 0, "a node without a quorum grants no lease");
     // Healed, it learns the revocation and tears the session down.
     isolation.heal();

@@ -107,6 +107,13 @@ impl LabCluster {
         let mut nodes = Vec::new();
         for m in &members {
             let mut config = secrets.node_config(m.id, m.http_addr, m.raft_addr, &members)?;
+            // The lab's own bridge, which nothing but its processes can reach: plain HTTP
+            // by the explicit opt-out (its faults are about the cluster, not the transport).
+            config.http.allow_plaintext = true;
+            // The workload's admin clients all write from the runner's address, faster
+            // than a site's clients would: the lab tests the cluster, not its rate limits.
+            config.http.per_client_per_second = 0;
+            config.http.writes_per_token_per_second = 0;
             tweak(&mut config);
             let path = config_path(dir.path(), m.id);
             save_config(&path, &config)?;

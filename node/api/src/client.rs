@@ -23,6 +23,9 @@ pub enum ClientError {
         /// The error body.
         body: ErrorBody,
     },
+    /// The node answered, but not what this client understands.
+    #[error("unexpected answer: {0}")]
+    Decode(String),
 }
 
 impl ClientError {
@@ -30,7 +33,7 @@ impl ClientError {
     pub fn code(&self) -> Option<&str> {
         match self {
             Self::Api { body, .. } => Some(&body.code),
-            Self::Http(_) => None,
+            Self::Http(_) | Self::Decode(_) => None,
         }
     }
 
@@ -39,6 +42,7 @@ impl ClientError {
         match self {
             Self::Api { status, .. } => Some(*status),
             Self::Http(e) => e.status().map(|s| s.as_u16()),
+            Self::Decode(_) => None,
         }
     }
 }
@@ -81,11 +85,14 @@ impl Client {
 
     /// A client whose requests give up after `timeout`.
     pub fn with_timeout(base: &str, token: &str, timeout: Duration) -> Self {
+        // HTTPS trusts what the process was told to ([`crate::tls`]).
+        let tls = (*crate::tls::client_config()).clone();
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .pool_max_idle_per_host(1024)
+            .tls_backend_preconfigured(tls)
             .build()
-            .expect("a plain HTTP client always builds");
+            .expect("a client with a ready TLS configuration always builds");
         Self {
             http,
             base: http_url(base),
@@ -207,6 +214,15 @@ impl Client {
     /// `GET /v1/cluster`.
     pub async fn cluster(&self) -> Result<ClusterView, ClientError> {
         self.send(self.http.get(self.url("/v1/cluster"))).await
+    }
+
+    /// `GET /v1/token-key`: the PEM public key that verifies the cluster's tokens.
+    pub async fn token_key(&self) -> Result<String, ClientError> {
+        let body: serde_json::Value = self.send(self.http.get(self.url("/v1/token-key"))).await?;
+        body["public_key_pem"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ClientError::Decode("no public_key_pem in /v1/token-key".into()))
     }
 
     /// `POST /v1/cluster/members`.

@@ -60,6 +60,9 @@ tether_signaling::stable_codes! {
     NotReady = "not_ready";
     /// The node holds as many signaling connections as it may.
     TooManyConnections = "too_many_connections";
+    /// Too many requests from this address, or writes with this token: retry after the
+    /// `Retry-After` seconds.
+    RateLimited = "rate_limited";
     /// A bug or an I/O failure on the node.
     Internal = "internal";
     }
@@ -90,6 +93,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => 503,
             ErrorCode::NotReady => 503,
             ErrorCode::TooManyConnections => 503,
+            ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
         }
     }

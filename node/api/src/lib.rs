@@ -12,6 +12,8 @@ pub mod codes;
 #[cfg(feature = "client")]
 pub mod signal;
 pub mod time;
+#[cfg(feature = "client")]
+pub mod tls;
 pub mod types;
 
 #[cfg(feature = "client")]

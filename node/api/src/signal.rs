@@ -79,9 +79,16 @@ pub struct SignalSocket {
 impl SignalSocket {
     /// Opens the WebSocket to `gateway` (an HTTP base URL or `host:port`), without auth.
     pub async fn connect(gateway: &str) -> Result<Self, SignalError> {
-        // Small frames, answered at once: no Nagle delay.
-        let (ws, _) =
-            tokio_tungstenite::connect_async_with_config(signal_url(gateway), None, true).await?;
+        // Small frames, answered at once: no Nagle delay. WSS trusts what the process was
+        // told to ([`crate::tls`]).
+        let connector = tokio_tungstenite::Connector::Rustls(crate::tls::client_config());
+        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+            signal_url(gateway),
+            None,
+            true,
+            Some(connector),
+        )
+        .await?;
         Ok(Self { ws })
     }
 

@@ -21,6 +21,11 @@ use tether_node::config::NodeConfig;
     about = "Clustered teleoperation gateway for robots"
 )]
 struct Cli {
+    /// The CA certificate (PEM) that nodes' HTTPS certificates must chain to, pinned for
+    /// every client this command makes (the agent, the console, admin commands); without
+    /// it, `https://` nodes are checked against the system's roots.
+    #[arg(long, global = true, env = "TETHER_CA")]
+    ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -308,6 +313,10 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if let Some(ca) = &cli.ca {
+        let pem = std::fs::read(ca).with_context(|| format!("reading --ca {}", ca.display()))?;
+        tether_api::tls::install_ca(&pem).with_context(|| format!("--ca {}", ca.display()))?;
+    }
     match cli.command {
         Cmd::Node {
             config,

@@ -84,7 +84,7 @@ pub async fn wait_for_leader(
     let clients: Vec<_> = procs
         .iter()
         .filter(|p| p.is_running())
-        .map(|p| tether_api::Client::new(&p.http.to_string(), admin_token))
+        .map(|p| tether_api::Client::new(&p.url, admin_token))
         .collect();
     loop {
         let mut leaders = Vec::new();

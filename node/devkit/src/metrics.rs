@@ -13,7 +13,9 @@ pub struct Scrape {
 
 /// Fetches `http://{http}/metrics`.
 pub async fn scrape(http: SocketAddr) -> reqwest::Result<Scrape> {
-    let text = reqwest::get(format!("http://{http}/metrics"))
+    let text = (tether_api::tls::http())
+        .get(format!("http://{http}/metrics"))
+        .send()
         .await?
         .text()
         .await?;

@@ -1,5 +1,6 @@
 //! Dev and test secrets in one directory: a cluster CA, node certificates naming their node
-//! id, and the token-signing key; token minting for fixtures.
+//! id, HTTPS certificates for the nodes' clients, and the token-signing key; token minting
+//! for fixtures.
 
 use crate::fs::write;
 use std::io;
@@ -8,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tether_node::auth::{generate_signing_key, Claims, Minter, Role};
 use tether_node::config::{
-    AuthConfig, HttpSection, MemberConfig, NodeConfig, RaftSection, TlsConfig,
+    AuthConfig, HttpSection, HttpsConfig, MemberConfig, NodeConfig, RaftSection, TlsConfig,
 };
 
 /// The cluster-wide secrets in a dev directory.
@@ -32,6 +33,21 @@ impl Secrets {
             write(&s.signing_pub(), &public)?;
         }
         Ok(s)
+    }
+
+    /// Issues (again) the HTTPS certificate clients see, from the cluster CA, for `names`
+    /// (IP addresses and DNS names), to `https.pem` and `https-key.pem`; returns their paths.
+    pub fn issue_https(&self, names: &[&str]) -> io::Result<(PathBuf, PathBuf)> {
+        let names = names.iter().map(|n| n.to_string()).collect();
+        let pair =
+            tether_raft::tls::issue_server_cert(&std::fs::read_to_string(self.ca_key())?, names)
+                .map_err(io::Error::other)?;
+        let (cert, key) = (self.dir.join("https.pem"), self.dir.join("https-key.pem"));
+        // The key first: a node reloading between the two writes sees a pair that does not
+        // match and keeps its old one until the next check.
+        write(&key, &pair.key_pem)?;
+        write(&cert, &pair.cert_pem)?;
+        Ok((cert, key))
     }
 
     /// Opens the secrets of an existing dev directory.
@@ -95,11 +111,8 @@ impl Secrets {
         members: &[MemberConfig],
     ) -> io::Result<NodeConfig> {
         let node_dir = self.dir.join(format!("node{id}"));
-        let pair = tether_raft::issue_node_cert(
-            &std::fs::read_to_string(self.ca_key())?,
-            &format!("node{id}"),
-        )
-        .map_err(io::Error::other)?;
+        let pair = tether_raft::issue_node_cert(&std::fs::read_to_string(self.ca_key())?, id)
+            .map_err(io::Error::other)?;
         write(&node_dir.join("cert.pem"), &pair.cert_pem)?;
         write(&node_dir.join("key.pem"), &pair.key_pem)?;
         let config = NodeConfig {
@@ -125,4 +138,25 @@ impl Secrets {
         crate::fs::save_config(&node_dir.join("config.toml"), &config)?;
         Ok(config)
     }
+}
+
+/// Makes the node of `config` serve HTTPS with a certificate for its loopback address, from
+/// the cluster CA of its own secrets (beside `config.tls.ca_cert`), issued on first use. For
+/// the test clusters that run with TLS; the clients must trust that CA.
+pub fn serve_https(config: &mut NodeConfig) -> io::Result<()> {
+    let dir = (config.tls.ca_cert.parent())
+        .ok_or_else(|| io::Error::other("the CA certificate has no directory"))?;
+    let secrets = Secrets { dir: dir.into() };
+    let (cert, key) = (dir.join("https.pem"), dir.join("https-key.pem"));
+    let (cert, key) = if cert.exists() && key.exists() {
+        (cert, key)
+    } else {
+        secrets.issue_https(&["127.0.0.1", "localhost"])?
+    };
+    config.http.tls = Some(HttpsConfig {
+        cert,
+        key,
+        reload_ms: 200,
+    });
+    Ok(())
 }

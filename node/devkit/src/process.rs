@@ -43,6 +43,8 @@ pub struct NodeProcess {
     pub config_path: PathBuf,
     /// Its HTTP address.
     pub http: SocketAddr,
+    /// Its base URL: `https://` when it serves TLS, else `http://`.
+    pub url: String,
     /// Its QUIC address.
     pub raft: SocketAddr,
     child: Option<Child>,
@@ -56,6 +58,10 @@ impl NodeProcess {
             id: config.id,
             config_path: config_path.into(),
             http: config.http_addr,
+            url: match config.http.tls {
+                Some(_) => format!("https://{}", config.http_addr),
+                None => format!("http://{}", config.http_addr),
+            },
             raft: config.raft_addr,
             child: None,
         };

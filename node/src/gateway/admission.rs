@@ -1,5 +1,5 @@
-//! Join admission: the deny check from local applied state (S1: no I/O, no await), then
-//! the read barrier before admitting (S2: a node that cannot confirm with a quorum fails
+//! Join admission: the deny check from local applied state (S1: no I/O, no await; what the
+//! token alone decides before the session is even looked up), then the read barrier before admitting (S2: a node that cannot confirm with a quorum fails
 //! closed with `unavailable`), then the room and the presence broadcast.
 
 use super::Hub;
@@ -32,6 +32,43 @@ impl Hub {
         session_id: &str,
     ) -> Result<Option<Session>, Denied> {
         let state = self.raft.view().read();
+        // What the token alone decides comes first, so a join the token cannot make is
+        // refused without the read barrier's quorum round (a flood of joins for other
+        // sessions costs the leader nothing).
+        match identity {
+            Identity::Operator {
+                subject,
+                session_id: token_sid,
+                token_id,
+            } => {
+                if token_sid.as_deref() != Some(session_id) {
+                    return Err(denied(
+                        ErrorCode::Forbidden,
+                        "this token is not for that session",
+                    ));
+                }
+                if let Some(r) = state.denial(None, Some(token_id), Some(subject)) {
+                    return Err(denied(
+                        ErrorCode::SessionRevoked,
+                        format!("revoked: {}", r.reason),
+                    ));
+                }
+            }
+            Identity::Robot { robot_id, token_id } => {
+                if let Some(r) = state.denial(None, Some(token_id), Some(robot_id)) {
+                    return Err(denied(
+                        ErrorCode::CredentialRevoked,
+                        format!("this robot's token is revoked: {}", r.reason),
+                    ));
+                }
+            }
+            Identity::Watcher { .. } => {
+                return Err(denied(
+                    ErrorCode::Forbidden,
+                    "watchers do not join sessions",
+                ))
+            }
+        }
         let Some(session) = state.session(session_id) else {
             return Ok(None);
         };
@@ -57,45 +94,16 @@ impl Hub {
                 ))
             }
         }
-        match identity {
-            Identity::Operator {
-                subject,
-                session_id: token_sid,
-                token_id,
-            } => {
-                if token_sid.as_deref() != Some(session_id) || *subject != session.operator {
-                    return Err(denied(
-                        ErrorCode::Forbidden,
-                        "this token is not for that session",
-                    ));
-                }
-                if let Some(r) = state.denial(None, Some(token_id), Some(subject)) {
-                    return Err(denied(
-                        ErrorCode::SessionRevoked,
-                        format!("revoked: {}", r.reason),
-                    ));
-                }
-            }
-            Identity::Robot { robot_id, token_id } => {
-                if *robot_id != session.robot {
-                    return Err(denied(
-                        ErrorCode::Forbidden,
-                        "that session is for another robot",
-                    ));
-                }
-                if let Some(r) = state.denial(None, Some(token_id), Some(robot_id)) {
-                    return Err(denied(
-                        ErrorCode::CredentialRevoked,
-                        format!("this robot's token is revoked: {}", r.reason),
-                    ));
-                }
-            }
-            Identity::Watcher { .. } => {
-                return Err(denied(
-                    ErrorCode::Forbidden,
-                    "watchers do not join sessions",
-                ))
-            }
+        let theirs = match identity {
+            Identity::Operator { subject, .. } => *subject == session.operator,
+            Identity::Robot { robot_id, .. } => *robot_id == session.robot,
+            Identity::Watcher { .. } => false,
+        };
+        if !theirs {
+            return Err(denied(
+                ErrorCode::Forbidden,
+                "this token is not for that session",
+            ));
         }
         Ok(Some(session.clone()))
     }

@@ -22,11 +22,17 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tether_raft::RaftNode;
+use tether_signaling::codes::{AuditEvent, CloseCode};
 use tether_signaling::hub::{Action, HubCore, RelayPath};
 use tether_signaling::mesh::NodeSignal;
 use tether_signaling::protocol::ServerFrame;
+use tether_signaling::rate::RecordGate;
 use tether_signaling::rooms::{ConnId, NodeId};
 use tokio::sync::mpsc;
+
+/// Join-denial audit records a node writes at once, and per second sustained.
+const DENIAL_RECORD_BURST: u32 = 100;
+const DENIAL_RECORDS_PER_SECOND: u32 = 20;
 
 /// Something for a connection's writer task.
 #[derive(Debug)]
@@ -48,7 +54,54 @@ enum Remote {
 #[derive(Default)]
 struct Shell {
     core: HubCore,
-    writers: HashMap<ConnId, mpsc::UnboundedSender<Outbound>>,
+    writers: HashMap<ConnId, Writer>,
+}
+
+/// A connection's two outbound lanes. Frames wait in order in a bounded queue: a client
+/// that stops reading fills it and is closed (`too_slow`). What ends the connection (the
+/// frames before a close, and the close) takes the closing lane, which the writer always
+/// serves first, so a revocation never waits behind a backlog.
+struct Writer {
+    frames: mpsc::Sender<Outbound>,
+    closing: mpsc::UnboundedSender<Outbound>,
+    /// Set once the frames lane overflowed and the close was queued (queued only once).
+    overflowed: std::sync::atomic::AtomicBool,
+}
+
+/// Why a socket got no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSlot {
+    /// `max_connections` are open.
+    Full,
+    /// `max_unauthenticated` sockets are still to authenticate.
+    Unauthenticated,
+}
+
+impl NoSlot {
+    /// The `reason` label of `tether_signal_refused_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Unauthenticated => "unauthenticated",
+        }
+    }
+
+    /// What the refused client is told.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Full => "this node is full; try another",
+            Self::Unauthenticated => {
+                "too many connections are waiting to authenticate; try again shortly"
+            }
+        }
+    }
+}
+
+/// A connection's slots, held from the upgrade: one of `max_connections` for its life, and
+/// one of `max_unauthenticated` until it authenticates.
+pub struct SocketSlots {
+    _connection: tokio::sync::OwnedSemaphorePermit,
+    unauthenticated: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// A count of live things (per-connection tasks, armed per-connection timers) for the
@@ -101,6 +154,12 @@ pub struct Hub {
     shell: Mutex<Shell>,
     next_conn: AtomicU64,
     live: AtomicU64,
+    /// When the hub started: the clock of its rate limits.
+    started: Instant,
+    /// The rate limit on join-denial audit records.
+    denial_records: Mutex<RecordGate>,
+    connection_slots: Arc<tokio::sync::Semaphore>,
+    unauthenticated_slots: Arc<tokio::sync::Semaphore>,
     tasks: Live,
     timers: Live,
     /// Robots' lease requests waiting for the next quorum check, and the lease task's bell.
@@ -128,11 +187,23 @@ impl Hub {
         Arc::new(Self {
             raft,
             audit,
-            config,
+            config: config.clone(),
             verifier,
             shell: Mutex::new(Shell::default()),
             next_conn: AtomicU64::new(1),
             live: AtomicU64::new(0),
+            started: Instant::now(),
+            denial_records: Mutex::new(RecordGate::new(
+                DENIAL_RECORD_BURST,
+                DENIAL_RECORDS_PER_SECOND,
+                0,
+            )),
+            connection_slots: Arc::new(tokio::sync::Semaphore::new(
+                config.sessions.max_connections,
+            )),
+            unauthenticated_slots: Arc::new(tokio::sync::Semaphore::new(
+                config.sessions.max_unauthenticated,
+            )),
             tasks: Live::default(),
             timers: Live::default(),
             lease_desk: Mutex::default(),
@@ -180,9 +251,17 @@ impl Hub {
         }
     }
 
-    /// Whether another connection may be accepted.
-    pub fn has_room_for_one_more(&self) -> bool {
-        (self.live.load(Ordering::Relaxed) as usize) < self.config.sessions.max_connections
+    /// Slots for one more connection, or why there are none (the node is full, or too many
+    /// sockets are still to authenticate).
+    pub fn reserve_socket(&self) -> Result<SocketSlots, NoSlot> {
+        let unauthenticated = (self.unauthenticated_slots.clone().try_acquire_owned())
+            .map_err(|_| NoSlot::Unauthenticated)?;
+        let connection =
+            (self.connection_slots.clone().try_acquire_owned()).map_err(|_| NoSlot::Full)?;
+        Ok(SocketSlots {
+            _connection: connection,
+            unauthenticated: Some(unauthenticated),
+        })
     }
 
     /// Runs `decide` on the core and performs what it returns: frames, relays and closes
@@ -199,10 +278,20 @@ impl Hub {
     }
 
     /// Performs local actions on `shell`'s writers; returns the ones for other nodes.
+    /// Frames for a connection these actions close take its closing lane, with the close.
     fn perform(&self, shell: &Shell, actions: Vec<Action>, since: Instant) -> Vec<Remote> {
+        let closing: std::collections::HashSet<ConnId> = (actions.iter())
+            .filter_map(|a| match a {
+                Action::Close(conn, ..) => Some(*conn),
+                _ => None,
+            })
+            .collect();
         let mut remote = Vec::new();
         for action in actions {
             match action {
+                Action::Send(conn, frame) if closing.contains(&conn) => {
+                    self.queue_closing(shell, conn, Outbound::Frame(frame))
+                }
                 Action::Send(conn, frame) => self.queue(shell, conn, Outbound::Frame(frame)),
                 Action::Relay { to, frame, path } => {
                     let histogram = match path {
@@ -212,7 +301,7 @@ impl Hub {
                     self.queue(shell, to, Outbound::Relayed(frame.into(), since, histogram));
                 }
                 Action::Close(conn, code, reason) => {
-                    self.queue(shell, conn, Outbound::Close(code.code(), reason))
+                    self.queue_closing(shell, conn, Outbound::Close(code.code(), reason))
                 }
                 Action::ToNode(node, signal) => remote.push(Remote::To(node, signal)),
                 Action::Broadcast(signal) => remote.push(Remote::Everyone(signal)),
@@ -220,15 +309,57 @@ impl Hub {
                     event,
                     session_id,
                     detail,
-                } => self.audit.record(event.as_str(), &session_id, detail),
+                } => self.audit(event, &session_id, detail),
             }
         }
         remote
     }
 
+    /// Writes an audit record; join denials (any token holder can cause them at will) pass
+    /// a rate limit, and the next one written says how many were held back.
+    fn audit(&self, event: AuditEvent, session_id: &str, mut detail: serde_json::Value) {
+        if event == AuditEvent::JoinDenied {
+            let now_ms = self.started.elapsed().as_millis() as u64;
+            let admitted = (self.denial_records.lock())
+                .unwrap_or_else(|e| e.into_inner())
+                .admit(now_ms);
+            match (admitted, detail.as_object_mut()) {
+                (None, _) => {
+                    metrics::counter!(crate::telemetry::names::AUDIT_SUPPRESSED_TOTAL).increment(1);
+                    return;
+                }
+                (Some(held_back), Some(fields)) if held_back > 0 => {
+                    fields.insert("held_back_before".into(), held_back.into());
+                }
+                _ => {}
+            }
+        }
+        self.audit.record(event.as_str(), session_id, detail);
+    }
+
+    /// Queues a frame in order; a full queue closes the connection (`too_slow`).
     fn queue(&self, shell: &Shell, conn: ConnId, out: Outbound) {
-        if let Some(tx) = shell.writers.get(&conn) {
-            let _ = tx.send(out);
+        let Some(writer) = shell.writers.get(&conn) else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = writer.frames.try_send(out) {
+            if !writer.overflowed.swap(true, Ordering::Relaxed) {
+                metrics::counter!(crate::telemetry::names::SIGNAL_TOO_SLOW_TOTAL).increment(1);
+                let reason = format!(
+                    "more than {} frames left unread",
+                    self.config.sessions.outbound_queue_frames
+                );
+                let _ = writer
+                    .closing
+                    .send(Outbound::Close(CloseCode::TooSlow.code(), reason));
+            }
+        }
+    }
+
+    /// Queues what ends a connection on its closing lane, ahead of any backlog.
+    fn queue_closing(&self, shell: &Shell, conn: ConnId, out: Outbound) {
+        if let Some(writer) = shell.writers.get(&conn) {
+            let _ = writer.closing.send(out);
         }
     }
 }

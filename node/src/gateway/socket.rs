@@ -24,30 +24,48 @@ use tokio::sync::mpsc;
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 
 impl Hub {
-    /// Serves one WebSocket until it closes.
-    pub async fn serve(self: Arc<Self>, socket: WebSocket) {
+    /// Serves one WebSocket until it closes, holding its `slots` (the unauthenticated one
+    /// only until it authenticates).
+    pub async fn serve(self: Arc<Self>, socket: WebSocket, mut slots: super::SocketSlots) {
         let _reader = self.tasks.enter();
         let writing = self.tasks.enter();
         self.live.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!(names::SIGNAL_CONNECTIONS).increment(1.0);
         let (sink, mut stream) = socket.split();
-        let (tx, rx) = mpsc::unbounded_channel::<Outbound>();
+        let s = &self.config.sessions;
+        let (frames, frames_rx) = mpsc::channel::<Outbound>(s.outbound_queue_frames);
+        let (closing, closing_rx) = mpsc::unbounded_channel::<Outbound>();
+        let (ended, writer_ended) = tokio::sync::watch::channel(false);
+        let stall = Duration::from_millis(s.write_stall_ms);
         let writer = tokio::spawn(async move {
             let _writing = writing;
-            write_until_closed(sink, rx).await;
+            let closed = write_until_closed(sink, frames_rx, closing_rx, stall).await;
+            let _ = ended.send(true);
+            closed
         });
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        self.shell().writers.insert(conn, tx);
-        if let Some(expires_at_ms) = self.authenticate(conn, &mut stream).await {
-            self.read_loop(conn, &mut stream, expires_at_ms).await;
+        let lanes = super::Writer {
+            frames,
+            closing,
+            overflowed: Default::default(),
+        };
+        self.shell().writers.insert(conn, lanes);
+        let authenticated = self.authenticate(conn, &mut stream).await;
+        if let Some(expires_at_ms) = authenticated {
+            slots.unauthenticated = None;
+            self.read_loop(conn, &mut stream, expires_at_ms, writer_ended)
+                .await;
             self.act(Instant::now(), |core| core.disconnected(conn))
                 .await;
             self.leases().forget(conn);
         }
-        // The writer ends once its sender is gone (or at a close it was given).
+        // The writer ends once its senders are gone (or at a close it was given).
         self.shell().writers.remove(&conn);
-        let _ = writer.await;
-        {
+        let closed = writer.await.unwrap_or(Written::Stalled);
+        // Only an authenticated client whose close frame went out is waited for: the
+        // drain protects its close code; a socket that never authenticated gets no
+        // second of this node's time, and a stalled one would not read it anyway.
+        if authenticated.is_some() && closed == Written::Closed {
             let _deadline = self.timers.enter();
             drain_until_closed(&mut stream).await;
         }
@@ -181,6 +199,7 @@ impl Hub {
         conn: ConnId,
         stream: &mut SplitStream<WebSocket>,
         mut expires_at_ms: u64,
+        mut writer_ended: tokio::sync::watch::Receiver<bool>,
     ) {
         let s = &self.config.sessions;
         let started = Instant::now();
@@ -199,6 +218,8 @@ impl Hub {
                     self.act(Instant::now(), |core| core.token_expired(conn)).await;
                     return;
                 }
+                // Closed by this node (its close went out) or stalled: nothing more to read.
+                _ = crate::until_set(&mut writer_ended) => return,
             };
             let received = Instant::now();
             match gate.check(elapsed_ms()) {
@@ -312,37 +333,58 @@ fn last_session(session: &Session) -> LastSession {
     }
 }
 
-/// Writes what the connection is given until a close (sent, then the writer stops) or
-/// until the sender is gone.
+/// How a connection's writer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// Its close frame went out.
+    Closed,
+    /// Its senders were dropped (the reader ended first) or the socket failed.
+    Ended,
+    /// A write did not complete in time: the client stopped reading.
+    Stalled,
+}
+
+/// Writes what the connection is given, the closing lane first, until a close (sent, then
+/// the writer stops), until the senders are gone, or until a write stalls for `stall`.
 async fn write_until_closed(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
-    mut rx: mpsc::UnboundedReceiver<Outbound>,
-) {
-    while let Some(out) = rx.recv().await {
-        let result = match out {
-            Outbound::Frame(frame) => {
-                sink.send(Message::Text(protocol::render(&frame).into()))
-                    .await
-            }
-            Outbound::Relayed(frame, received, histogram) => {
-                let sent = sink
-                    .send(Message::Text(protocol::render(&frame).into()))
-                    .await;
-                histogram.record(received.elapsed().as_secs_f64());
-                sent
-            }
-            Outbound::Close(code, reason) => {
-                let _ = sink
-                    .send(Message::Close(Some(CloseFrame {
-                        code,
-                        reason: reason.into(),
-                    })))
-                    .await;
-                break;
-            }
+    mut frames: mpsc::Receiver<Outbound>,
+    mut closing: mpsc::UnboundedReceiver<Outbound>,
+    stall: Duration,
+) -> Written {
+    loop {
+        let out = tokio::select! {
+            biased;
+            Some(out) = closing.recv() => out,
+            Some(out) = frames.recv() => out,
+            else => return Written::Ended,
         };
-        if result.is_err() {
-            break;
+        let (message, last) = match &out {
+            Outbound::Frame(frame) | Outbound::Relayed(frame, ..) => {
+                (Message::Text(protocol::render(frame).into()), false)
+            }
+            Outbound::Close(code, reason) => (
+                Message::Close(Some(CloseFrame {
+                    code: *code,
+                    reason: reason.clone().into(),
+                })),
+                true,
+            ),
+        };
+        let sent = match tokio::time::timeout(stall, sink.send(message)).await {
+            Err(_) => {
+                metrics::counter!(names::SIGNAL_TOO_SLOW_TOTAL).increment(1);
+                return Written::Stalled;
+            }
+            Ok(sent) => sent,
+        };
+        if let Outbound::Relayed(_, received, histogram) = &out {
+            histogram.record(received.elapsed().as_secs_f64());
+        }
+        match (sent, last) {
+            (Err(_), _) => return Written::Ended,
+            (Ok(()), true) => return Written::Closed,
+            (Ok(()), false) => {}
         }
     }
 }

@@ -11,6 +11,8 @@ mod cluster;
 mod console;
 pub mod error;
 mod health;
+pub mod limits;
+pub mod listen;
 mod revocations;
 mod sessions;
 mod signal;
@@ -56,6 +58,8 @@ pub struct AppState {
     pub hub: Arc<crate::gateway::Hub>,
     /// This node's audit ledger.
     pub audit: crate::audit::AuditLog,
+    /// Per-client rate limits.
+    pub limits: Arc<limits::HttpLimits>,
 }
 
 impl AppState {
@@ -139,7 +143,16 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::render_metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        // A body trickled in slower than this is cut off (the head has its own deadline,
+        // in the listener).
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            Duration::from_millis(state.config.http.body_timeout_ms),
+        ))
         .with_state(state)
 }
 

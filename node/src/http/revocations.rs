@@ -363,4 +363,32 @@ mod tests {
             "an operator revocation keeps what was asked"
         );
     }
+
+    /// Raft's frame limit holds for appends of the largest commands this API can make.
+    #[test]
+    fn the_largest_command_fits_raft_frames_a_full_batch_at_a_time() {
+        let long = "x".repeat(super::super::MAX_ID_LEN);
+        let mut by = admin();
+        by.sub = "a".repeat(crate::auth::MAX_CLAIM_LEN);
+        let revoke = into_command(
+            request(|r| {
+                r.session_id = Some(long.clone());
+                r.reason = "r".repeat(MAX_REASON_LEN);
+            }),
+            &by,
+            LIFETIMES,
+            NOW,
+        )
+        .unwrap();
+        let command = Command::once(long.clone(), NOW, revoke);
+        let bytes = tether_store::codec::encode(&command).unwrap().len();
+        assert!(bytes < 2_048, "{bytes} bytes");
+        let append = bytes
+            * tether_raft::rpc::MAX_COMMANDS_PER_ENTRY
+            * tether_raft::rpc::MAX_ENTRIES_PER_APPEND as usize;
+        assert!(
+            append + 64 * 1024 < tether_raft::rpc::MAX_FRAME,
+            "an append of {append} bytes"
+        );
+    }
 }

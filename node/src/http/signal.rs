@@ -1,5 +1,6 @@
 //! `GET /v1/signal`: the WebSocket upgrade into the signaling gateway, refused with
-//! `too_many_connections` when the node is full.
+//! `too_many_connections` when the node is full or too many sockets have yet to
+//! authenticate (the slots are taken before the upgrade, so the limits hold under a burst).
 
 use super::{ApiError, AppState};
 use axum::extract::{State, WebSocketUpgrade};
@@ -11,13 +12,14 @@ const WS_BUFFER_BYTES: usize = 8 * 1024;
 
 /// `GET /v1/signal`: upgrades to a signaling WebSocket.
 pub(super) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
-    if !state.hub.has_room_for_one_more() {
-        return ApiError::new(
-            ErrorCode::TooManyConnections,
-            "this node is full; try another",
-        )
-        .into_response();
-    }
+    let slots = match state.hub.reserve_socket() {
+        Ok(slots) => slots,
+        Err(none) => {
+            metrics::counter!(crate::telemetry::names::SIGNAL_REFUSED_TOTAL, "reason" => none.reason())
+                .increment(1);
+            return ApiError::new(ErrorCode::TooManyConnections, none.message()).into_response();
+        }
+    };
     let hub = state.hub.clone();
     // Signaling frames are small: 8 KiB buffers instead of tungstenite's 128 KiB ones keep
     // 10,000 idle connections in tens of MiB rather than a gigabyte.
@@ -25,5 +27,5 @@ pub(super) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade)
         .write_buffer_size(WS_BUFFER_BYTES)
         .max_message_size(tether_signaling::protocol::MAX_FRAME_BYTES)
         .max_frame_size(tether_signaling::protocol::MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| hub.serve(socket))
+        .on_upgrade(move |socket| hub.serve(socket, slots))
 }

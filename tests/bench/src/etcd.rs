@@ -92,7 +92,7 @@ impl EtcdCluster {
                 .stderr(log);
             members.push(ChildProcess::spawn(command).context("starting etcd")?);
         }
-        let http = reqwest::Client::new();
+        let http = tether_api::tls::http();
         let urls: Vec<String> = ports
             .iter()
             .map(|(c, _)| format!("http://127.0.0.1:{c}"))

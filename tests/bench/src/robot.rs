@@ -185,7 +185,7 @@ const ROBOT: &str = "bench-robot";
 
 /// Runs the robot benchmark.
 pub(crate) async fn robot(args: RobotBenchArgs) -> Result<()> {
-    let cluster = BenchCluster::start(false, |_| {}).await?;
+    let cluster = BenchCluster::start(false, |c| c.http.per_client_per_second = 0).await?;
     let http = |id: u64| format!("http://{}", cluster.procs[id as usize - 1].http);
     let events = Events(EventsReader::new(
         cluster.dir.path().join("agent-events.jsonl"),

@@ -329,9 +329,13 @@ pub(crate) async fn signaling(args: SignalingBenchArgs) -> Result<()> {
     let cluster = BenchCluster::start(false, |c| {
         c.sessions.lease_ttl_ms = args.lease_ttl_ms;
         c.sessions.max_connections = 20_000;
-        // The harness drives connections far harder than a console does.
+        c.sessions.max_unauthenticated = 20_000;
+        // The harness drives connections far harder than a console does, all from one
+        // address.
         c.sessions.frames_per_second = 1_000_000;
         c.sessions.frame_burst = 1_000_000;
+        c.http.per_client_per_second = 0;
+        c.http.writes_per_token_per_second = 0;
     })
     .await?;
     let http = cluster.procs[0].http;
