@@ -289,6 +289,11 @@ pub enum Body {
         from_ms: f64,
         /// To.
         to_ms: f64,
+        /// False where the node may only have lost the leader (a bridge's or a ring's
+        /// far side): its robots are then held to the lease bound, but it may yet reach a
+        /// quorum under a new leader, so `fail_closed` does not judge it.
+        #[serde(default = "certain", skip_serializing_if = "is_certain")]
+        certain: bool,
     },
     /// A majority of the nodes stayed connected to each other over `[from_ms, to_ms]`
     /// despite the fault (a follower cut off, a lossy or slow mesh): writes must keep
@@ -507,6 +512,15 @@ pub fn read_jsonl(path: &Path) -> Result<History, HistoryError> {
 /// Writes a `history.jsonl` (replacing the file).
 pub fn write_jsonl(path: &Path, history: &History) -> Result<(), HistoryError> {
     history.write_jsonl_to(BufWriter::new(std::fs::File::create(path)?))
+}
+
+/// `QuorumLost::certain` when absent: the windows of a saved history are certain.
+fn certain() -> bool {
+    true
+}
+
+fn is_certain(certain: &bool) -> bool {
+    *certain
 }
 
 #[cfg(test)]

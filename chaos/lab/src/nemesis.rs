@@ -117,8 +117,12 @@ impl Fault<'_> {
             .filter(|id| !self.plan.quorum_lost.contains(id))
             .collect();
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        // When the fault is in effect (its rules installed, its nodes killed or frozen):
+        // the windows the checkers judge start there, not when the nemesis began (a
+        // loaded machine takes a while to install a partition's rules).
+        let mut began = start;
         let act = async {
-            let acted = self.act(probe, &mut after).await;
+            let acted = self.act(probe, &mut after, &mut began).await;
             let _ = stop.send(true);
             acted
         };
@@ -134,14 +138,27 @@ impl Fault<'_> {
         let end = now_ms();
         for id in &self.plan.quorum_lost {
             let window = Body::QuorumLost {
-                from_ms: start,
+                from_ms: began,
                 to_ms: end,
+                certain: true,
             };
             self.recorder.push("nemesis", Some(*id), window);
         }
+        // A bridge's sides and a ring's nodes may hear no leader (not certainly no quorum):
+        // their robots are held to the lease bound, their admissions not judged.
+        if matches!(self.scenario, Scenario::Bridge | Scenario::Ring) {
+            for id in &self.plan.hit {
+                let window = Body::QuorumLost {
+                    from_ms: began,
+                    to_ms: end,
+                    certain: false,
+                };
+                self.recorder.push("nemesis", Some(*id), window);
+            }
+        }
         if self.scenario.keeps_quorum() {
             let window = Body::QuorumKept {
-                from_ms: start,
+                from_ms: began,
                 to_ms: end,
                 nodes: majority,
             };
@@ -193,7 +210,12 @@ impl Fault<'_> {
     }
 
     /// The fault itself: inflicts it, holds it, heals it.
-    async fn act(&self, probe: Option<Probe>, after: &mut Aftermath) -> io::Result<()> {
+    async fn act(
+        &self,
+        probe: Option<Probe>,
+        after: &mut Aftermath,
+        began: &mut f64,
+    ) -> io::Result<()> {
         let c = self.cluster;
         match self.scenario {
             Scenario::RobotCut | Scenario::MediaCut => {
@@ -212,6 +234,7 @@ impl Fault<'_> {
                 let gateways = c.hosts_except(&[]);
                 let gateways: Vec<&str> = gateways.iter().map(String::as_str).collect();
                 let cut = c.lab.cut(CONSOLE_HOST, &gateways)?;
+                *began = now_ms();
                 self.revoke_driving(self.bystander(), "console cut off")
                     .await?;
                 tokio::time::sleep(self.hold.min(Duration::from_secs(3))).await;
@@ -230,6 +253,7 @@ impl Fault<'_> {
                     let hosts: Vec<&str> = from.iter().map(|f| c.node(*f).host.as_str()).collect();
                     cuts.push(c.lab.cut(&c.node(*id).host, &hosts)?);
                 }
+                *began = now_ms();
                 if let Some(probe) = probe {
                     // Past the election timeout, so even a cut-off leader must know.
                     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -259,6 +283,7 @@ impl Fault<'_> {
                         _ => c.lab.lossy(host, &others, 3)?,
                     });
                 }
+                *began = now_ms();
                 tokio::time::sleep(self.hold).await;
                 drop(cuts);
             }
@@ -268,6 +293,7 @@ impl Fault<'_> {
                 })?;
                 let before: u64 = relays.packets().values().sum();
                 relays.impair_all(BAD_LINK);
+                *began = now_ms();
                 tokio::time::sleep(self.hold).await;
                 relays.heal();
                 let during = relays.packets().values().sum::<u64>() - before;
@@ -282,6 +308,7 @@ impl Fault<'_> {
                 let throttle = c
                     .lab
                     .throttle(&c.node(self.plan.hit[0]).host, THROTTLE_KBIT)?;
+                *began = now_ms();
                 after
                     .facts
                     .insert("leader_rate_kbit".into(), json!(THROTTLE_KBIT));
@@ -292,12 +319,14 @@ impl Fault<'_> {
                 for id in &self.plan.hit {
                     c.kill(*id);
                 }
+                *began = now_ms();
                 tokio::time::sleep(self.hold).await;
             }
             Scenario::PauseLeader | Scenario::PauseFollower => {
                 for id in &self.plan.hit {
                     c.pause(*id, true);
                 }
+                *began = now_ms();
                 tokio::time::sleep(
                     self.hold
                         .clamp(Duration::from_secs(1), Duration::from_secs(10)),

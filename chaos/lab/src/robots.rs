@@ -16,6 +16,7 @@ use tether_agent::events::EventsReader;
 use tether_chaos::history::{Body, Op, RevokeKind};
 use tether_devkit::ChildProcess;
 use tether_node::auth::Role;
+use tether_store::SessionState;
 
 /// The lab hosts robots and consoles run in.
 pub const ROBOT_HOST: &str = "robot-1";
@@ -136,37 +137,53 @@ pub(crate) async fn drive(
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let Some(sid) = session else {
-            // No drive this round (a fault may hold it up): the console goes, the next tries.
+            // No drive this round (a fault may hold it up): the console goes, the next
+            // tries; a session it started without arming goes too, or the robot stays busy.
             console.kill();
+            let leftovers = cluster
+                .client(ids[rng.random_range(0..ids.len())])
+                .sessions()
+                .await;
+            let leftovers = (leftovers.map(|l| l.items).unwrap_or_default().into_iter())
+                .filter(|s| s.robot_id == ROBOT && s.state == SessionState::Active);
+            for s in leftovers {
+                revoke_until_acknowledged(&cluster, &recorder, &mut rng, &s.session_id, &stop)
+                    .await;
+            }
             continue;
         };
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1200))).await;
-        // Revoked until acknowledged, as an admin would retry: a session left active
-        // (its revocation lost with a killed majority) keeps the robot busy, and sessions
-        // do not end on their own yet (issue 13's idle timeout).
-        let what = (RevokeKind::Session, sid.as_str());
-        loop {
-            let node = ids[rng.random_range(0..ids.len())];
-            let acknowledged = recorded_revoke(
-                &cluster,
-                &recorder,
-                "driver-admin",
-                node,
-                what,
-                "chaos drive",
-            )
-            .await;
-            if acknowledged || *stop.borrow() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        revoke_until_acknowledged(&cluster, &recorder, &mut rng, &sid, &stop).await;
         // The console ends on its own when told; a stuck one is killed.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while console.try_wait().is_none() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         console.kill();
+    }
+}
+
+/// Revokes session `sid` (recorded) until a node acknowledges it, as an admin would retry:
+/// a session left active (its revocation lost with a killed majority, or its console gone
+/// before it armed) keeps the robot busy, and sessions do not end on their own yet (issue
+/// 13's idle timeout).
+async fn revoke_until_acknowledged(
+    cluster: &LabCluster,
+    recorder: &Recorder,
+    rng: &mut StdRng,
+    sid: &str,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) {
+    let ids: Vec<u64> = cluster.nodes.iter().map(|n| n.id).collect();
+    loop {
+        let node = ids[rng.random_range(0..ids.len())];
+        let what = (RevokeKind::Session, sid);
+        let acknowledged =
+            recorded_revoke(cluster, recorder, "driver-admin", node, what, "chaos drive").await;
+        if acknowledged || *stop.borrow() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

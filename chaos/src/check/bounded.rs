@@ -29,7 +29,8 @@ pub fn bounded_control(history: &History, params: &Params) -> Verdict {
     let ops = history.operations();
     let sessions = sessions(history, &ops);
     let acks = acks(&ops);
-    let quorum = quorum_windows(history);
+    // A robot whose gateway may only have lost the leader is held to the lease bound too.
+    let quorum = quorum_windows(history, true);
 
     let mut commands: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
     let mut stops: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
@@ -242,6 +243,23 @@ mod tests {
             .counterexample
             .iter()
             .any(|e| matches!(e.body, Body::QuorumLost { .. })));
+    }
+
+    #[test]
+    fn a_gateway_that_may_only_have_lost_the_leader_gets_the_lease_bound() {
+        // A bridge's far side: 400 ms of commands after the ack is within the lease bound.
+        let mut b = driving(1_400.0);
+        b.leader_maybe_lost(1, 800.0, 5_000.0);
+        revoke_at(&mut b, 1_000.0);
+        let v = bounded_control(&b.build(), &Params::default());
+        assert_eq!(v.valid, Validity::Valid, "{v:?}");
+        // ... and fail_closed does not judge its admissions.
+        let mut b = driving(1_400.0);
+        b.leader_maybe_lost(1, 800.0, 5_000.0);
+        b.call("robot-r1", 1, Op::lease("r1", "s1", 9), 2_000.0)
+            .ok(2_001.0);
+        let v = crate::check::fail_closed::fail_closed(&b.build(), &Params::default());
+        assert_eq!(v.valid, Validity::Valid, "{v:?}");
     }
 
     #[test]

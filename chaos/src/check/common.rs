@@ -175,11 +175,23 @@ pub(super) fn cut_windows(history: &History, robot: &str, link: CutLink) -> Vec<
     out
 }
 
-/// Each node's quorum-lost windows (events without a node are skipped).
-pub(super) fn quorum_windows(history: &History) -> BTreeMap<u64, Vec<Window>> {
+/// Each node's quorum-lost windows (events without a node are skipped): only the certain
+/// ones, or also those where the node may only have lost the leader (`maybe`).
+pub(super) fn quorum_windows(history: &History, maybe: bool) -> BTreeMap<u64, Vec<Window>> {
     let mut out: BTreeMap<u64, Vec<Window>> = BTreeMap::new();
     for e in &history.events {
-        if let (Body::QuorumLost { from_ms, to_ms }, Some(node)) = (&e.body, e.node) {
+        let (
+            Body::QuorumLost {
+                from_ms,
+                to_ms,
+                certain,
+            },
+            Some(node),
+        ) = (&e.body, e.node)
+        else {
+            continue;
+        };
+        if *certain || maybe {
             out.entry(node).or_default().push(Window {
                 from: *from_ms,
                 to: *to_ms,

@@ -5,14 +5,16 @@ use super::{Params, Verdict};
 use crate::history::{History, Op, Outcome};
 use serde_json::json;
 
-/// No `Join` ok and no `Lease` ok completes on a node strictly inside one of that node's
-/// quorum-lost windows, each shrunk by `quorum_margin_ms` at both ends (a node learns it
-/// lost the quorum only after an election timeout, and an answer decided just before the
-/// window may arrive inside it). An ok with no node recorded cannot be placed and is only
-/// counted.
+/// No `Join` ok and no `Lease` ok on a node lies wholly inside one of that node's
+/// quorum-lost windows, each shrunk by `quorum_margin_ms` at both ends: invoked and
+/// completed inside it (a node learns it lost the quorum only after an election timeout,
+/// and an answer decided just before the window may arrive inside it: a join's `joined`
+/// waits on the other nodes' presence answers, up to half a second, after its admission).
+/// An observation without an invoke (a lease the robot received) is placed at its
+/// completion. An ok with no node recorded cannot be placed and is only counted.
 pub fn fail_closed(history: &History, params: &Params) -> Verdict {
     let mut v = Verdict::new("fail_closed");
-    let windows = quorum_windows(history);
+    let windows = quorum_windows(history, false);
     let m = params.quorum_margin_ms;
     v.count("windows", windows.values().map(|w| w.len() as u64).sum());
     for name in ["joins_admitted", "leases_granted", "inside_window"] {
@@ -33,11 +35,12 @@ pub fn fail_closed(history: &History, params: &Params) -> Verdict {
             v.count("without_node", 1);
             continue;
         };
+        let invoked = op.invoke_ms().unwrap_or(done);
         let inside = windows
             .get(&node)
             .into_iter()
             .flatten()
-            .find(|w| w.from + m < done && done < w.to - m);
+            .find(|w| w.from + m < invoked && done < w.to - m);
         if let Some(w) = inside {
             v.count("inside_window", 1);
             let mut example = op.events();
@@ -106,6 +109,16 @@ mod tests {
         // The window, then the lease's invoke and ok.
         assert_eq!(v.counterexample.len(), 3, "{:?}", v.counterexample);
         assert_eq!(v.counterexample[0].t_ms, 1_000.0);
+    }
+
+    #[test]
+    fn a_join_asked_before_the_window_and_answered_inside_it_proves_nothing() {
+        // Admitted before the cut; its `joined` waited on the cut-off presence answers.
+        let mut b = base();
+        b.call("console-4", 1, Op::join("s4", Side::Operator, None), 990.0)
+            .ok(1_500.0);
+        let v = fail_closed(&b.build(), &Params::default());
+        assert_eq!(v.valid, Validity::Valid, "{v:?}");
     }
 
     #[test]

@@ -142,8 +142,22 @@ impl Builder {
             from_ms,
             "runner",
             Some(node),
-            Body::QuorumLost { from_ms, to_ms },
+            Body::QuorumLost {
+                from_ms,
+                to_ms,
+                certain: true,
+            },
         )
+    }
+
+    /// `node` may have lost the leader (not certainly the quorum) over `[from_ms, to_ms]`.
+    pub fn leader_maybe_lost(&mut self, node: u64, from_ms: f64, to_ms: f64) -> &mut Self {
+        let body = Body::QuorumLost {
+            from_ms,
+            to_ms,
+            certain: false,
+        };
+        self.push(from_ms, "runner", Some(node), body)
     }
 
     /// The majority `nodes` (empty: every node) stayed connected over `[from_ms, to_ms]`.
