@@ -115,6 +115,10 @@ impl BenchCluster {
             bin,
             nodes,
         } = LocalCluster::spawn("tether-bench-", "bench", &bin, 3, tweak)?;
+        if nodes.iter().any(|n| n.url.starts_with("https://")) {
+            // The harness's clients pin the cluster CA, as a site's would.
+            tether_api::tls::install_ca(&std::fs::read(secrets.ca_cert())?)?;
+        }
         if keep {
             dir.disable_cleanup(true);
             eprintln!("bench: cluster directory {}", dir.path().display());
@@ -484,9 +488,6 @@ async fn commit_over(
         }
     })
     .await?;
-    if tls {
-        tether_api::tls::install_ca(&std::fs::read(cluster.secrets.ca_cert())?)?;
-    }
     let follower = (cluster.procs.iter())
         .find(|p| p.id != cluster.leader)
         .context("a follower")?;
