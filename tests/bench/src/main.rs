@@ -7,6 +7,7 @@ mod raft;
 mod report;
 mod robot;
 mod signaling;
+mod tls;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
