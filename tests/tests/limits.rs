@@ -25,7 +25,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_its_peer_carries_on() {
     let cluster = TestCluster::start_with(3, |c| {
         c.sessions.frames_per_second = 10_000;
         c.sessions.frame_burst = 10_000;
-        c.sessions.outbound_queue_frames = 32;
+        c.sessions.outbound_queue_frames = 256;
         c.sessions.write_stall_ms = 2_000;
     })
     .await;
@@ -35,8 +35,10 @@ async fn a_client_that_stops_reading_is_cut_off_and_its_peer_carries_on() {
     // until its peer is gone).
     let offer = big_offer();
     let mut gone = false;
-    for _ in 0..20 {
-        for _ in 0..50 {
+    // In batches far smaller than the robot's own queue: once its peer is gone, each
+    // offer is answered with an error, and the robot must read those in time too.
+    for _ in 0..50 {
+        for _ in 0..20 {
             r.send(offer.clone()).await;
         }
         // The robot reads what it is sent meanwhile, as a live client does.
