@@ -135,26 +135,21 @@ impl Fault<'_> {
         acted?;
         // A cut-off node, a killed one and a frozen one alike have no contact with a quorum
         // meanwhile (with a majority killed, the survivors have none either).
+        // A bridge's sides and a ring's nodes may hear no leader (not certainly no quorum):
+        // their robots are held to the lease bound, their admissions not judged.
         let end = now_ms();
-        for id in &self.plan.quorum_lost {
+        let uncertain: &[u64] = match self.scenario {
+            Scenario::Bridge | Scenario::Ring => &self.plan.hit,
+            _ => &[],
+        };
+        let certain = self.plan.quorum_lost.iter().map(|id| (id, true));
+        for (id, certain) in certain.chain(uncertain.iter().map(|id| (id, false))) {
             let window = Body::QuorumLost {
                 from_ms: began,
                 to_ms: end,
-                certain: true,
+                certain,
             };
             self.recorder.push("nemesis", Some(*id), window);
-        }
-        // A bridge's sides and a ring's nodes may hear no leader (not certainly no quorum):
-        // their robots are held to the lease bound, their admissions not judged.
-        if matches!(self.scenario, Scenario::Bridge | Scenario::Ring) {
-            for id in &self.plan.hit {
-                let window = Body::QuorumLost {
-                    from_ms: began,
-                    to_ms: end,
-                    certain: false,
-                };
-                self.recorder.push("nemesis", Some(*id), window);
-            }
         }
         if self.scenario.keeps_quorum() {
             let window = Body::QuorumKept {
